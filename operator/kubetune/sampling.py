@@ -1,0 +1,139 @@
+"""Maps the spec's sampler, pruner and objectives onto Optuna objects."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.study import StudyDirection
+
+from kubetune.search_space import grid
+
+if TYPE_CHECKING:
+    from kubetune.spec import TuningStudySpec
+
+__all__ = ["SamplerUnavailableError", "directions", "make_pruner", "make_sampler"]
+
+
+class SamplerUnavailableError(RuntimeError):
+    """The spec is valid but this installation cannot build the sampler it names."""
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler minus its habit of calling ``study.stop()`` once the grid is exhausted.
+
+    ``stop()`` only works inside ``study.optimize``; under ask-and-tell (the operator, the local
+    runner) it raises from ``tell`` *before* the result is stored, losing the last trial. The
+    budget logic caps grid studies at the grid's size instead (``search_space.space_size``).
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+def directions(spec: TuningStudySpec) -> list[StudyDirection]:
+    return [
+        StudyDirection.MAXIMIZE if o.direction == "maximize" else StudyDirection.MINIMIZE
+        for o in spec.objectives
+    ]
+
+
+def make_sampler(spec: TuningStudySpec) -> optuna.samplers.BaseSampler:
+    """Build the sampler; TPE uses constant liar under parallelism so that parallel trials
+    do not all land on the same point."""
+    s = spec.sampler
+    seed = s.seed
+    match s.type:
+        case "Random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        case "Grid":
+            return _GridSampler(grid(spec), seed=seed)
+        case "TPE":
+            liar = s.constant_liar
+            if liar is None:
+                liar = spec.budget.parallelism > 1
+            multivariate = bool(s.multivariate) or bool(s.group)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=multivariate,
+                group=bool(s.group),
+                n_startup_trials=10 if s.n_startup_trials is None else s.n_startup_trials,
+                constant_liar=liar,
+            )
+        case "CmaEs":
+            return optuna.samplers.CmaEsSampler(
+                seed=seed,
+                n_startup_trials=1 if s.n_startup_trials is None else s.n_startup_trials,
+                with_margin=bool(s.with_margin),
+                use_separable_cma=bool(s.use_separable_cma),
+            )
+        case "QMC":
+            return optuna.samplers.QMCSampler(
+                qmc_type=s.qmc_type or "sobol",
+                scramble=bool(s.scramble) if s.scramble is not None else seed is not None,
+                seed=seed,
+            )
+        case "GP":
+            try:
+                import torch  # noqa: F401  - GPSampler's own dependency
+            except ImportError:
+                raise SamplerUnavailableError(
+                    "the GP sampler needs PyTorch next to the operator (pip install kubetune[gp])"
+                ) from None
+            return optuna.samplers.GPSampler(
+                seed=seed,
+                n_startup_trials=10 if s.n_startup_trials is None else s.n_startup_trials,
+                deterministic_objective=bool(s.deterministic_objective),
+            )
+        case "NSGAII":
+            return optuna.samplers.NSGAIISampler(
+                seed=seed,
+                population_size=s.population_size or 50,
+                mutation_prob=s.mutation_prob,
+                crossover_prob=0.9 if s.crossover_prob is None else s.crossover_prob,
+                swapping_prob=0.5 if s.swapping_prob is None else s.swapping_prob,
+            )
+    raise AssertionError(f"unhandled sampler {s.type}")  # pragma: no cover - Literal is closed
+
+
+def make_pruner(spec: TuningStudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    match p.type:
+        case "None":
+            return optuna.pruners.NopPruner()
+        case "Median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=5 if p.n_startup_trials is None else p.n_startup_trials,
+                n_warmup_steps=p.n_warmup_steps or 0,
+                interval_steps=p.interval_steps or 1,
+            )
+        case "Percentile":
+            assert p.percentile is not None
+            return optuna.pruners.PercentilePruner(
+                p.percentile,
+                n_startup_trials=5 if p.n_startup_trials is None else p.n_startup_trials,
+                n_warmup_steps=p.n_warmup_steps or 0,
+                interval_steps=p.interval_steps or 1,
+            )
+        case "SuccessiveHalving":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=p.min_resource or "auto",
+                reduction_factor=p.reduction_factor or 4,
+                min_early_stopping_rate=p.min_early_stopping_rate or 0,
+            )
+        case "Hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=p.min_resource or 1,
+                max_resource=p.max_resource or "auto",
+                reduction_factor=p.reduction_factor or 3,
+            )
+        case "Patience":
+            assert p.patience is not None
+            return optuna.pruners.PatientPruner(
+                None, patience=p.patience, min_delta=p.min_delta or 0.0
+            )
+        case "Threshold":
+            return optuna.pruners.ThresholdPruner(
+                lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps or 0
+            )
+    raise AssertionError(f"unhandled pruner {p.type}")  # pragma: no cover

@@ -1,0 +1,125 @@
+"""Maps the spec's search space onto Optuna distributions and suggestions."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from kubetune.spec import Parameter, TuningStudySpec
+
+__all__ = [
+    "active",
+    "distribution",
+    "distributions",
+    "grid",
+    "param_env",
+    "param_env_name",
+    "space_size",
+    "suggest_params",
+]
+
+
+def distribution(p: Parameter) -> BaseDistribution:
+    if p.float_ is not None:
+        f = p.float_
+        return FloatDistribution(f.low, f.high, log=f.log, step=f.step)
+    if p.int_ is not None:
+        i = p.int_
+        return IntDistribution(i.low, i.high, log=i.log, step=i.step)
+    assert p.categorical is not None
+    return CategoricalDistribution(list(p.categorical.choices))
+
+
+def distributions(spec: TuningStudySpec) -> dict[str, BaseDistribution]:
+    return {p.name: distribution(p) for p in spec.search_space}
+
+
+def active(p: Parameter, chosen: dict[str, Any]) -> bool:
+    """Whether a conditional parameter applies given the values chosen before it."""
+    if p.when is None:
+        return True
+    if p.when.param not in chosen:
+        return False
+    v = chosen[p.when.param]
+    return any(type(c) is type(v) and c == v for c in p.when.in_)
+
+
+def suggest_params(trial: optuna.Trial, spec: TuningStudySpec) -> dict[str, Any]:
+    """Suggest every active parameter in spec order (so a `when` sees its parent's value).
+
+    Fixed values from enqueued trials come back through the same calls, so warm starts and
+    sampled trials share one path.
+    """
+    chosen: dict[str, Any] = {}
+    for p in spec.search_space:
+        if not active(p, chosen):
+            continue
+        if p.float_ is not None:
+            f = p.float_
+            chosen[p.name] = trial.suggest_float(p.name, f.low, f.high, log=f.log, step=f.step)
+        elif p.int_ is not None:
+            i = p.int_
+            chosen[p.name] = trial.suggest_int(p.name, i.low, i.high, log=i.log, step=i.step)
+        else:
+            assert p.categorical is not None
+            chosen[p.name] = trial.suggest_categorical(p.name, list(p.categorical.choices))
+    return chosen
+
+
+def grid(spec: TuningStudySpec) -> dict[str, list[Any]]:
+    """The full grid for Optuna's GridSampler (the spec guarantees a finite space)."""
+    out: dict[str, list[Any]] = {}
+    for p in spec.search_space:
+        if p.categorical is not None:
+            out[p.name] = list(p.categorical.choices)
+        elif p.int_ is not None:
+            d = IntDistribution(p.int_.low, p.int_.high, log=p.int_.log, step=p.int_.step)
+            out[p.name] = list(range(d.low, d.high + 1, d.step))
+        else:
+            assert p.float_ is not None and p.float_.step is not None
+            f = FloatDistribution(p.float_.low, p.float_.high, step=p.float_.step)
+            assert f.step is not None
+            n = round((f.high - f.low) / f.step)
+            out[p.name] = [round(f.low + k * f.step, 12) for k in range(n + 1)]
+    return out
+
+
+def space_size(spec: TuningStudySpec) -> int | None:
+    """How many distinct points a Grid study has (None for other samplers: unbounded)."""
+    if spec.sampler.type != "Grid":
+        return None
+    size = 1
+    for values in grid(spec).values():
+        size *= len(values)
+    return size
+
+
+_ENV_BAD = re.compile(r"[^A-Z0-9]")
+
+
+def param_env_name(name: str) -> str:
+    return "KUBETUNE_PARAM_" + _ENV_BAD.sub("_", name.upper())
+
+
+def _env_value(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v)
+
+
+def param_env(params: dict[str, Any]) -> dict[str, str]:
+    """The environment a trial sees: one variable per parameter plus all of them as JSON."""
+    env = {param_env_name(k): _env_value(v) for k, v in params.items()}
+    env["KUBETUNE_PARAMS"] = json.dumps(params, sort_keys=True)
+    return env

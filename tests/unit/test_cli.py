@@ -1,0 +1,35 @@
+"""The CLI's pure commands work from a clean checkout, with no cluster and no database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubetune.cli import main
+from kubetune.crd import crd_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_crd_to_stdout_matches_generator(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crd", "--out", "-"]) == 0
+    assert capsys.readouterr().out == crd_yaml()
+
+
+def test_crd_writes_the_file(tmp_path: Path) -> None:
+    assert main(["crd", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "kubetune.io_tuningstudies.yaml").read_text() == crd_yaml()
+
+
+def test_plan_on_a_bad_manifest_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (ROOT / "examples" / "quickstart.yaml").read_text().replace("low: 1.0e-4", "low: 5.0")
+    )
+    assert main(["plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "low (5.0) must be less than high" in err
+    assert "Traceback" not in err

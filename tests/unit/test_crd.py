@@ -1,0 +1,124 @@
+"""The committed CRD is exactly what the spec model generates, and it is structural."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune.crd import crd_manifest, crd_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "kubetune.io_tuningstudies.yaml"
+
+
+def test_committed_crd_is_up_to_date() -> None:
+    assert CRD_FILE.read_text() == crd_yaml(), (
+        "crds/ is stale: run `kubetune crd` and commit the result"
+    )
+
+
+def _walk(node: dict[str, Any], path: str, out: list[tuple[str, dict[str, Any]]]) -> None:
+    out.append((path, node))
+    for key, sub in node.get("properties", {}).items():
+        _walk(sub, f"{path}.{key}", out)
+    if "items" in node:
+        _walk(node["items"], f"{path}[]", out)
+    if isinstance(node.get("additionalProperties"), dict):
+        _walk(node["additionalProperties"], f"{path}{{}}", out)
+
+
+def _schema() -> dict[str, Any]:
+    crd = crd_manifest()
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def test_schema_is_structural() -> None:
+    nodes: list[tuple[str, dict[str, Any]]] = []
+    _walk(_schema(), "", nodes)
+    for path, node in nodes:
+        open_leaf = node.get("x-kubernetes-preserve-unknown-fields") is True
+        assert "type" in node or open_leaf, f"{path} has no type"
+        for forbidden in (
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "$ref",
+            "additionalProperties: false",
+            "uniqueItems",
+            "default",
+        ):
+            assert forbidden not in node, f"{path} uses {forbidden}"
+        if node.get("type") == "object" and "properties" in node:
+            assert "additionalProperties" not in node, path
+    opens = {p for p, n in nodes if n.get("x-kubernetes-preserve-unknown-fields")}
+    # Only leaves that must take any value are open: the pod template, warm-start values,
+    # and categorical choices (mixed scalar types).
+    assert opens == {
+        ".spec.trial.template",
+        ".spec.enqueueTrials[]",
+        ".spec.searchSpace[].categorical.choices[]",
+        ".spec.searchSpace[].when.in[]",
+    }
+
+
+def test_every_field_has_a_description_for_kubectl_explain() -> None:
+    nodes: list[tuple[str, dict[str, Any]]] = []
+    _walk(_schema()["properties"]["spec"], ".spec", nodes)
+    missing = [p for p, n in nodes if not n.get("description") and not p.endswith("[]")]
+    assert missing == []
+
+
+def test_status_is_declared_with_the_fields_the_operator_writes() -> None:
+    status = _schema()["properties"]["status"]["properties"]
+    assert {
+        "observedGeneration",
+        "state",
+        "conditions",
+        "trials",
+        "bestTrial",
+        "paretoFront",
+        "gpuSeconds",
+        "startTime",
+        "completionTime",
+        "optunaStudyName",
+        "progress",
+        "bestValue",
+    } <= set(status)
+    cond = status["conditions"]["items"]["properties"]
+    assert {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    } <= set(cond)
+    assert set(status["trials"]["properties"]) == {
+        "total",
+        "running",
+        "completed",
+        "pruned",
+        "failed",
+        "retried",
+    }
+
+
+def test_crd_shape() -> None:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    version = crd["spec"]["versions"][0]
+    assert crd["metadata"]["name"] == "tuningstudies.kubetune.io"
+    assert crd["spec"]["names"]["shortNames"] == ["ts"]
+    assert "kubetune" in crd["spec"]["names"]["categories"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"State", "Trials", "Running", "Best", "Age"} <= columns
+    rules = [
+        r["rule"]
+        for r in version["schema"]["openAPIV3Schema"]["properties"]["spec"][
+            "x-kubernetes-validations"
+        ]
+    ]
+    assert any("exists_one" in r for r in rules)  # unique parameter names

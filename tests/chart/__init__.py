@@ -1,0 +1,1 @@
+"""Chart, image and script tests: real helm, kubernetes-validate, hadolint, shellcheck."""

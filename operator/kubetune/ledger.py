@@ -1,0 +1,294 @@
+"""The Optuna storage as the trial ledger: the operator's only durable state.
+
+Every call here blocks (SQL); the kopf shell runs them with ``asyncio.to_thread``. One
+:class:`Ledger` (one storage, one small connection pool) serves every study of the process:
+the scale target is at most 10 database connections for 100 studies.
+
+What the ledger records beyond Optuna's own fields:
+
+- study user attrs: ``kubetune:spec_hash`` (the immutable part of the spec, to refuse
+  changes), ``kubetune:enqueued`` (warm-start trials were enqueued, once),
+  ``kubetune:namespace|name|uid`` (which TuningStudy owns it), ``kubetune:usage`` (GPU-seconds
+  settled per trial: ``{"<number>": [attempts_settled, gpu_seconds]}``; a study attr because
+  finished trials cannot take new attrs);
+- trial user attrs: ``kubetune:attempt`` (current attempt; the report API checks tokens against
+  it), ``kubetune:job_created`` (highest attempt whose Job creation was confirmed; tells "the
+  operator crashed before creating the Job" from "the Job was deleted"),
+  ``kubetune:fail_reason`` and ``kubetune:fail_message``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from kubetune.reconcile import RecordUsage, spec_hash
+from kubetune.sampling import directions, make_pruner, make_sampler
+from kubetune.search_space import suggest_params
+from kubetune.status import LedgerSnapshot, TrialRecord, TrialUsage
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from kubetune.spec import TuningStudySpec
+
+__all__ = [
+    "ATTEMPT_ATTR",
+    "ENQUEUED_ATTR",
+    "FAIL_MESSAGE_ATTR",
+    "FAIL_REASON_ATTR",
+    "JOB_CREATED_ATTR",
+    "SPEC_HASH_ATTR",
+    "USAGE_ATTR",
+    "Ledger",
+    "make_storage",
+    "optuna_study_name",
+    "snapshot",
+]
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_ATTR = "kubetune:attempt"
+JOB_CREATED_ATTR = "kubetune:job_created"
+FAIL_REASON_ATTR = "kubetune:fail_reason"
+FAIL_MESSAGE_ATTR = "kubetune:fail_message"
+SPEC_HASH_ATTR = "kubetune:spec_hash"
+ENQUEUED_ATTR = "kubetune:enqueued"
+USAGE_ATTR = "kubetune:usage"
+_MAX_MESSAGE = 4000
+_STATES = {
+    TrialState.RUNNING: "RUNNING",
+    TrialState.WAITING: "WAITING",
+    TrialState.COMPLETE: "COMPLETE",
+    TrialState.PRUNED: "PRUNED",
+    TrialState.FAIL: "FAIL",
+}
+
+
+def optuna_study_name(namespace: str, name: str, uid: str) -> str:
+    """``<namespace>.<name>.<uid>``: a re-created TuningStudy (new uid) gets a fresh study."""
+    return f"{namespace}.{name}.{uid}"
+
+
+def make_storage(
+    url: str, *, pool_size: int = 4, max_overflow: int = 4
+) -> optuna.storages.BaseStorage:
+    """One RDB storage with a small pool (``pool_size + max_overflow`` connections at most)."""
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    else:
+        kwargs = {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_pre_ping": True,
+            "pool_recycle": 300,
+            "pool_timeout": 30,
+        }
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def _when(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _int_attr(attrs: Mapping[str, Any], key: str, default: int) -> int:
+    value = attrs.get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _record(t: FrozenTrial) -> TrialRecord:
+    attrs = t.user_attrs
+    asked = ATTEMPT_ATTR in attrs or t.state != TrialState.RUNNING
+    return TrialRecord(
+        number=t.number,
+        state=_STATES.get(t.state, "FAIL"),  # type: ignore[arg-type]
+        params=dict(t.params),
+        values=tuple(float(v) for v in t.values) if t.values is not None else None,
+        attempt=_int_attr(attrs, ATTEMPT_ATTR, 0),
+        job_created=_int_attr(attrs, JOB_CREATED_ATTR, -1),
+        fail_reason=attrs.get(FAIL_REASON_ATTR),
+        datetime_start=_when(t.datetime_start),
+        datetime_complete=_when(t.datetime_complete),
+        last_step=max(t.intermediate_values) if t.intermediate_values else None,
+        asked=asked,
+    )
+
+
+def _usage(raw: Any) -> dict[int, TrialUsage]:
+    out: dict[int, TrialUsage] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for key, value in raw.items():
+        try:
+            attempts, seconds = value
+            out[int(key)] = TrialUsage(int(attempts), float(seconds))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def snapshot(study: optuna.Study) -> LedgerSnapshot:
+    """The whole study as plain data for the pure reconcile."""
+    attrs = study.user_attrs
+    trials = tuple(_record(t) for t in study.get_trials(deepcopy=False))
+    return LedgerSnapshot(
+        study_name=study.study_name,
+        trials=trials,
+        spec_hash=attrs.get(SPEC_HASH_ATTR),
+        usage=_usage(attrs.get(USAGE_ATTR)),
+    )
+
+
+class Ledger:
+    """Opens studies and performs the reconcile's ledger actions (thread-safe, blocking)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage | str) -> None:
+        self._storage = make_storage(storage) if isinstance(storage, str) else storage
+        self._lock = threading.Lock()
+        self._studies: dict[str, optuna.Study] = {}
+        self._names: dict[tuple[str, str], str] = {}
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        return self._storage
+
+    def open(self, spec: TuningStudySpec, *, namespace: str, name: str, uid: str) -> optuna.Study:
+        """Create or load the study; the first opener records the spec hash and warm starts.
+
+        The cached study keeps its sampler across reconciles (TPE, CMA-ES keep state). A
+        spec whose immutable parts changed is not applied here: the hash stays the old one
+        and the reconcile reports ``Invalid``.
+        """
+        study_name = optuna_study_name(namespace, name, uid)
+        with self._lock:
+            cached = self._studies.get(study_name)
+        if cached is not None:
+            with self._lock:
+                self._names[(namespace, name)] = study_name
+            return cached
+        study = optuna.create_study(
+            storage=self._storage,
+            study_name=study_name,
+            directions=directions(spec),
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec),
+            load_if_exists=True,
+        )
+        attrs = study.user_attrs
+        if SPEC_HASH_ATTR not in attrs:
+            study.set_user_attr(SPEC_HASH_ATTR, spec_hash(spec))
+            study.set_user_attr("kubetune:namespace", namespace)
+            study.set_user_attr("kubetune:name", name)
+            study.set_user_attr("kubetune:uid", uid)
+        if not attrs.get(ENQUEUED_ATTR):
+            for fixed in spec.enqueue_trials:
+                study.enqueue_trial(dict(fixed), skip_if_exists=True)
+            study.set_user_attr(ENQUEUED_ATTR, True)
+        with self._lock:
+            self._studies[study_name] = study
+            self._names[(namespace, name)] = study_name
+        logger.info("Opened Optuna study study=%s", study_name)
+        return study
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the cached study (the TuningStudy was deleted); the database keeps it."""
+        with self._lock:
+            study_name = self._names.pop((namespace, name), None)
+            if study_name is not None:
+                self._studies.pop(study_name, None)
+
+    def resolve(self, namespace: str, name: str) -> optuna.Study | None:
+        """The report API's resolver: the study this operator manages for ``namespace/name``."""
+        with self._lock:
+            study_name = self._names.get((namespace, name))
+            return self._studies.get(study_name) if study_name else None
+
+    def snapshot(self, study: optuna.Study) -> LedgerSnapshot:
+        return snapshot(study)
+
+    def _trial_id(self, study: optuna.Study, number: int) -> int:
+        tid: int = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        return tid
+
+    def ask(self, study: optuna.Study, spec: TuningStudySpec) -> tuple[int, dict[str, Any]]:
+        """Ask for a trial (enqueued ones first) and suggest its parameters.
+
+        ``kubetune:attempt`` is written last: a RUNNING trial without it was interrupted
+        mid-ask and is failed by the reconcile.
+        """
+        trial = study.ask()
+        params = suggest_params(trial, spec)
+        study._storage.set_trial_user_attr(trial._trial_id, ATTEMPT_ATTR, 0)
+        return trial.number, params
+
+    def set_attempt(self, study: optuna.Study, number: int, attempt: int) -> None:
+        study._storage.set_trial_user_attr(self._trial_id(study, number), ATTEMPT_ATTR, attempt)
+
+    def mark_job_created(self, study: optuna.Study, number: int, attempt: int) -> None:
+        """Record that the Job of ``attempt`` exists (a no-op once the trial finished)."""
+        tid = self._trial_id(study, number)
+        if study._storage.get_trial(tid).state != TrialState.RUNNING:
+            return
+        try:
+            study._storage.set_trial_user_attr(tid, JOB_CREATED_ATTR, attempt)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
+
+    def tell(
+        self,
+        study: optuna.Study,
+        number: int,
+        state: str,
+        values: Iterable[float] | None = None,
+        *,
+        reason: str | None = None,
+        message: str = "",
+    ) -> bool:
+        """Finish a RUNNING trial; False when it was already finished (e.g. by the report API)."""
+        tid = self._trial_id(study, number)
+        if study._storage.get_trial(tid).state != TrialState.RUNNING:
+            return False
+        try:
+            if state == "FAIL":
+                if reason:
+                    study._storage.set_trial_user_attr(tid, FAIL_REASON_ATTR, reason)
+                if message:
+                    study._storage.set_trial_user_attr(
+                        tid, FAIL_MESSAGE_ATTR, message[-_MAX_MESSAGE:]
+                    )
+                study.tell(number, state=TrialState.FAIL)
+            else:
+                study.tell(number, list(values or ()), state=TrialState.COMPLETE)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            if study._storage.get_trial(tid).state == TrialState.RUNNING:
+                raise
+            return False
+        return True
+
+    def record_usage(self, study: optuna.Study, records: Iterable[RecordUsage]) -> None:
+        """Merge settled GPU-seconds into the study's usage map (one write)."""
+        records = list(records)
+        if not records:
+            return
+        raw = study.user_attrs.get(USAGE_ATTR)
+        usage = dict(raw) if isinstance(raw, Mapping) else {}
+        for r in records:
+            usage[str(r.trial)] = [r.attempts, r.gpu_seconds]
+        study.set_user_attr(USAGE_ATTR, json.loads(json.dumps(usage)))
+
+    def fail_running(self, study: optuna.Study, reason: str, message: str) -> int:
+        """Fail every RUNNING trial (the TuningStudy is being deleted); returns how many."""
+        count = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if self.tell(study, t.number, "FAIL", reason=reason, message=message):
+                count += 1
+        return count

@@ -1,0 +1,592 @@
+"""The report API: trainers write intermediate values and results to their own Optuna trial.
+
+Served by the operator (port 8082) and by the local runner on 127.0.0.1; the routes and the
+token format are in docs/architecture.md. This module knows Optuna and HTTP, not Kubernetes:
+``resolver(namespace, study)`` maps the TuningStudy to its Optuna study (built with the
+study's pruner, because pruning decisions come from ``study.pruner``).
+
+Rules a caller can rely on:
+
+- The token is checked first, from the path alone, before the body is read or the database
+  is touched; then its attempt must equal the trial's ``kubetune:attempt`` user attr
+  (missing = 0), and the trial must be RUNNING.
+- Every route is idempotent, so the SDK may retry a post whose answer it lost: an identical
+  report, an identical completion, the same failure reason, or a second prune answers as the
+  first did and changes nothing. A conflicting repeat is 409.
+- Optuna calls block, so they run in an executor and never stall the event loop.
+- Storage errors answer 503 with ``Retry-After``; nothing here lets an exception escape.
+- Heartbeats are stored as the user attr ``kubetune:heartbeat`` (unix seconds, float) rather
+  than through Optuna's heartbeat, which would tie the storage's ``heartbeat_interval`` and
+  Optuna's own stale-trial failing to the report API; the operator decides what is stale.
+- Metrics stay out: ``on_event(kind, namespace, study, number, **fields)`` is called on the
+  event loop with kinds ``"request"`` (``action``, ``code``), ``"prune_advised"`` (``step``)
+  and ``"trial_finished"`` (``state``: ``"COMPLETE"|"FAIL"|"PRUNED"``, only for the request
+  that made the transition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+import sqlalchemy.exc
+from aiohttp import web
+from optuna.trial import TrialState
+
+# The ledger owns the trial user attrs' names (kubetune:attempt, kubetune:fail_reason).
+from kubetune.ledger import ATTEMPT_ATTR, FAIL_REASON_ATTR
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from optuna.trial import FrozenTrial
+
+    from kubetune.tokens import TokenSigner
+
+__all__ = [
+    "ACTIONS",
+    "ATTEMPT_ATTR",
+    "FAIL_REASON_ATTR",
+    "HEARTBEAT_ATTR",
+    "MAX_REASON_CHARS",
+    "MAX_STEP",
+    "EventHook",
+    "ReportServer",
+    "Resolver",
+    "create_report_app",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Trial user attr holding the last heartbeat, unix seconds.
+HEARTBEAT_ATTR = "kubetune:heartbeat"
+#: Largest step Optuna's RDB schema can store (an SQL INTEGER).
+MAX_STEP = 2**31 - 1
+#: Longest failure reason stored; longer ones are cut (a traceback tail is still useful).
+MAX_REASON_CHARS = 1024
+ACTIONS = ("report", "complete", "fail", "prune", "heartbeat")
+
+_NUMBER_RE = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.SQLAlchemyError,
+    OSError,
+)
+
+
+class Resolver(Protocol):
+    def __call__(self, namespace: str, study: str, /) -> optuna.Study | None: ...
+
+
+class EventHook(Protocol):
+    def __call__(
+        self, kind: str, namespace: str, study: str, number: int | None, /, **fields: Any
+    ) -> None: ...
+
+
+class _Reply(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Ends request handling with a status and a JSON body."""
+
+    def __init__(self, status: int, body: Mapping[str, Any], **headers: str) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = dict(body)
+        self.headers = headers
+
+
+def _error(status: int, message: str, **headers: str) -> _Reply:
+    return _Reply(status, {"error": message}, **headers)
+
+
+@dataclass
+class _Outcome:
+    status: int
+    body: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Body validation (pure)
+
+
+def _finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _error(422, f"{where} must be a number, got {type(value).__name__}")
+    as_float = float(value)
+    if not math.isfinite(as_float):
+        raise _error(422, f"{where} must be finite, got {value!r}")
+    return as_float
+
+
+def _parse_report(payload: dict[str, Any]) -> tuple[int, float]:
+    if "step" not in payload:
+        raise _error(422, "step is required")
+    if "value" not in payload:
+        raise _error(422, "value is required")
+    step = payload["step"]
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise _error(422, f"step must be an integer, got {type(step).__name__}")
+    if not 0 <= step <= MAX_STEP:
+        raise _error(422, f"step must be in [0, {MAX_STEP}], got {step}")
+    return step, _finite(payload["value"], "value")
+
+
+def _parse_complete(payload: dict[str, Any]) -> list[float]:
+    if "values" not in payload:
+        raise _error(422, "values is required")
+    values = payload["values"]
+    if not isinstance(values, list) or not values:
+        raise _error(422, "values must be a non-empty list of numbers")
+    return [_finite(v, f"values[{i}]") for i, v in enumerate(values)]
+
+
+def _parse_fail(payload: dict[str, Any]) -> str:
+    reason = payload.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise _error(422, "reason must be a non-empty string")
+    return reason[:MAX_REASON_CHARS]
+
+
+def _decode_body(raw: bytes, *, empty_ok: bool) -> dict[str, Any]:
+    if not raw.strip() and empty_ok:
+        return {}
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _error(400, "body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise _error(400, f"malformed JSON: {exc.msg} at {where}") from None
+    except RecursionError:
+        raise _error(400, "malformed JSON: nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise _error(422, f"body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger operations (blocking; run in the executor)
+
+
+class _TrialHandle:
+    """One request's view of one trial: lookup, attempt check, and the idempotent writes."""
+
+    def __init__(self, study: optuna.Study, number: int, attempt: int) -> None:
+        self.study = study
+        self.number = number
+        storage = study._storage
+        try:
+            self.trial_id: int = storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, number
+            )
+            self.frozen = storage.get_trial(self.trial_id)
+        except KeyError:
+            raise _error(404, f"trial {number} not found") from None
+        current = self.frozen.user_attrs.get(ATTEMPT_ATTR, 0)
+        if current != attempt:
+            # A superseded attempt (e.g. an evicted pod that came back) must not write.
+            raise _error(403, "token belongs to a superseded attempt of this trial")
+
+    def refresh(self) -> None:
+        self.frozen = self.study._storage.get_trial(self.trial_id)
+
+    def require_running(self) -> None:
+        if self.frozen.state != TrialState.RUNNING:
+            raise _error(409, f"trial is already {self.frozen.state.name}")
+
+    def tell(self, state: TrialState, values: list[float] | None = None) -> bool:
+        """Finish the trial; False when a concurrent request finished it first."""
+        try:
+            self.study.tell(self.number, values, state=state)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            self.refresh()
+            if self.frozen.state == TrialState.RUNNING:
+                raise
+            return False
+        self.refresh()
+        return True
+
+
+def _report(handle: _TrialHandle, step: int, value: float) -> _Outcome:
+    handle.require_running()
+    study = handle.study
+    multi = len(study.directions) > 1
+    known = handle.frozen.intermediate_values.get(step)
+    if known is not None and known != value:
+        raise _error(409, f"step {step} was already reported with a different value")
+    if multi:
+        # Optuna has no pruning for multi-objective studies; keep the curve, never prune.
+        if known is None:
+            study._storage.set_trial_intermediate_value(handle.trial_id, step, value)
+        return _Outcome(200, {"prune": False})
+    trial = optuna.trial.Trial(study, handle.trial_id)
+    if known is None:
+        trial.report(value, step)
+    prune = bool(trial.should_prune())
+    events = [("prune_advised", {"step": step})] if prune else []
+    return _Outcome(200, {"prune": prune}, events)
+
+
+def _finish(
+    handle: _TrialHandle,
+    state: TrialState,
+    values: list[float] | None,
+    same: Callable[[FrozenTrial], bool],
+    what: str,
+) -> _Outcome:
+    """Tell ``state`` while RUNNING; a trial already in ``state`` with ``same`` data is a retry."""
+    if handle.frozen.state == TrialState.RUNNING and handle.tell(state, values):
+        final = handle.frozen.state.name
+        return _Outcome(200, {"state": final}, [("trial_finished", {"state": final})])
+    if handle.frozen.state == state:
+        if same(handle.frozen):
+            return _Outcome(200, {"state": state.name})
+        raise _error(409, f"trial is already {state.name} with a different {what}")
+    raise _error(409, f"trial is already {handle.frozen.state.name}")
+
+
+def _complete(handle: _TrialHandle, values: list[float]) -> _Outcome:
+    n_objectives = len(handle.study.directions)
+    if len(values) != n_objectives:
+        raise _error(
+            422, f"values has {len(values)} entries; the study has {n_objectives} objectives"
+        )
+    return _finish(handle, TrialState.COMPLETE, values, lambda t: t.values == values, "values")
+
+
+def _fail(handle: _TrialHandle, reason: str) -> _Outcome:
+    if handle.frozen.state == TrialState.RUNNING:
+        try:
+            handle.study._storage.set_trial_user_attr(handle.trial_id, FAIL_REASON_ATTR, reason)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            handle.refresh()  # finished meanwhile: fall through to the retry comparison
+    return _finish(
+        handle,
+        TrialState.FAIL,
+        None,
+        lambda t: t.user_attrs.get(FAIL_REASON_ATTR) == reason,
+        "reason",
+    )
+
+
+def _prune(handle: _TrialHandle) -> _Outcome:
+    return _finish(handle, TrialState.PRUNED, None, lambda _: True, "result")
+
+
+def _heartbeat(handle: _TrialHandle, now: float) -> _Outcome:
+    handle.require_running()
+    try:
+        handle.study._storage.set_trial_user_attr(handle.trial_id, HEARTBEAT_ATTR, now)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        handle.refresh()
+        handle.require_running()
+        raise
+    return _Outcome(200, {"ok": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+class _ReportAPI:
+    def __init__(
+        self,
+        resolver: Resolver,
+        signer: TokenSigner,
+        *,
+        max_body_bytes: int,
+        clock: Callable[[], float],
+        on_event: EventHook | None,
+        executor: Executor | None,
+        retry_after_seconds: int,
+    ) -> None:
+        self.resolver = resolver
+        self.signer = signer
+        self.max_body_bytes = max_body_bytes
+        self.clock = clock
+        self.on_event = on_event
+        self.executor = executor
+        self.retry_after = str(retry_after_seconds)
+
+    def _emit(self, kind: str, ns: str, study: str, number: int | None, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, ns, study, number, **fields)
+        except Exception:
+            logger.exception("Event hook failed kind=%s namespace=%s study=%s", kind, ns, study)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise _error(413, f"body is larger than {self.max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _error(413, f"body is larger than {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _authenticate(self, request: web.Request, ns: str, study: str, number: int) -> int:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _error(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
+        attempt = self.signer.verify(token.strip(), ns, study, number)
+        if attempt is None:
+            raise _error(
+                401,
+                "token is not valid for this trial",
+                **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return attempt
+
+    def _run_blocking(
+        self, action: str, path: tuple[str, str, int], attempt: int, args: Any
+    ) -> _Outcome:
+        ns, study_name, number = path
+        study = self.resolver(ns, study_name)
+        if study is None:
+            raise _error(404, f"study {ns}/{study_name} not found")
+        handle = _TrialHandle(study, number, attempt)
+        if action == "report":
+            step, value = args
+            return _report(handle, step, value)
+        if action == "complete":
+            return _complete(handle, args)
+        if action == "fail":
+            return _fail(handle, args)
+        if action == "prune":
+            return _prune(handle)
+        return _heartbeat(handle, args)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        action = request.match_info["action"]
+        ns = request.match_info["ns"]
+        study = request.match_info["study"]
+        raw_number = request.match_info["number"]
+        number = int(raw_number) if _NUMBER_RE.fullmatch(raw_number) else None
+        try:
+            outcome = await self._dispatch(request, action, ns, study, number)
+        except _Reply as reply:
+            outcome = _Outcome(reply.status, reply.body)
+            headers = reply.headers
+        else:
+            headers = {}
+        self._emit("request", ns, study, number, action=action, code=outcome.status)
+        for kind, fields in outcome.events:
+            self._emit(kind, ns, study, number, **fields)
+            logger.info(
+                "Recorded %s namespace=%s study=%s trial=%s %s",
+                kind,
+                ns,
+                study,
+                number,
+                " ".join(f"{k}={v}" for k, v in fields.items()),
+            )
+        return web.json_response(outcome.body, status=outcome.status, headers=headers)
+
+    async def _dispatch(
+        self, request: web.Request, action: str, ns: str, study: str, number: int | None
+    ) -> _Outcome:
+        if action not in ACTIONS:
+            raise _error(404, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+        if number is None:
+            raise _error(404, "trial number must be a non-negative integer")
+        attempt = self._authenticate(request, ns, study, number)
+        empty_ok = action in ("prune", "heartbeat")
+        if request.content_type != "application/json" and not (
+            empty_ok and not request.can_read_body
+        ):
+            raise _error(415, f"content type must be application/json, got {request.content_type}")
+        payload = _decode_body(await self._read_body(request), empty_ok=empty_ok)
+        args: Any = None
+        if action == "report":
+            args = _parse_report(payload)
+        elif action == "complete":
+            args = _parse_complete(payload)
+        elif action == "fail":
+            args = _parse_fail(payload)
+        elif action == "heartbeat":
+            args = float(self.clock())
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.executor, self._run_blocking, action, (ns, study, number), attempt, args
+            )
+        except _Reply:
+            raise
+        except _STORAGE_ERRORS:
+            logger.warning(
+                "Failed to reach the trial ledger namespace=%s study=%s trial=%s action=%s",
+                ns,
+                study,
+                number,
+                action,
+                exc_info=True,
+            )
+            raise _error(
+                503, "trial ledger unavailable, retry later", **{"Retry-After": self.retry_after}
+            ) from None
+        except Exception:
+            logger.exception(
+                "Failed to handle report request namespace=%s study=%s trial=%s action=%s",
+                ns,
+                study,
+                number,
+                action,
+            )
+            raise _error(500, "internal error") from None
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer aiohttp's own 404/405 in JSON too, so clients parse one shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+
+
+def create_report_app(
+    resolver: Resolver,
+    signer: TokenSigner,
+    *,
+    max_body_bytes: int = 16384,
+    clock: Callable[[], float] = time.time,
+    on_event: EventHook | None = None,
+    executor: Executor | None = None,
+    retry_after_seconds: int = 5,
+) -> web.Application:
+    """Build the report API as an aiohttp application (mount it, or run it with ReportServer).
+
+    Args:
+        resolver: ``(namespace, study) -> optuna.Study | None``; None answers 404. It is
+            called in the executor, so it may block (load_study).
+        signer: verifies the per-trial tokens.
+        max_body_bytes: larger bodies answer 413.
+        clock: unix time for heartbeats.
+        on_event: metrics hook, see the module docstring.
+        executor: where Optuna calls run; None uses the loop's default executor.
+        retry_after_seconds: the ``Retry-After`` sent with 503.
+    """
+    api = _ReportAPI(
+        resolver,
+        signer,
+        max_body_bytes=max_body_bytes,
+        clock=clock,
+        on_event=on_event,
+        executor=executor,
+        retry_after_seconds=retry_after_seconds,
+    )
+    app = web.Application(middlewares=[_json_errors], client_max_size=max_body_bytes)
+    app.router.add_post("/v1/namespaces/{ns}/studies/{study}/trials/{number}/{action}", api.handle)
+    return app
+
+
+class ReportServer:
+    """Runs the report API on its own event loop in a daemon thread (local runner, tests).
+
+    ``start()`` returns the base URL; ``stop()`` then ``start()`` again binds the same port,
+    which is how a test plays an operator restart.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        signer: TokenSigner,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        **app_kwargs: Any,
+    ) -> None:
+        self._resolver = resolver
+        self._signer = signer
+        self._app_kwargs = app_kwargs
+        self.host = host
+        self.port = port
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> str:
+        if self._thread is not None:
+            raise RuntimeError("report server is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            app = create_report_app(self._resolver, self._signer, **self._app_kwargs)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+                await site.start()
+                self.port = int(runner.addresses[0][1])
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                await runner.cleanup()
+                return
+            ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await runner.cleanup()
+
+        def main() -> None:
+            try:
+                asyncio.run(serve())
+            except BaseException as exc:  # pragma: no cover - surfaced through start()
+                failure.append(exc)
+                ready.set()
+
+        thread = threading.Thread(target=main, name="kubetune-report-api", daemon=True)
+        thread.start()
+        ready.wait()
+        if failure:
+            thread.join()
+            raise failure[0]
+        self._thread = thread
+        logger.info("Started report API url=%s", self.base_url)
+        return self.base_url
+
+    def stop(self) -> None:
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None or loop is None or stop is None:
+            return
+        loop.call_soon_threadsafe(stop.set)
+        thread.join()
+        self._thread = self._loop = self._stop = None
+        logger.info("Stopped report API url=%s", self.base_url)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

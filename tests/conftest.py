@@ -1,0 +1,86 @@
+"""Session-wide fixtures: a real PostgreSQL and an emulated cluster (API + fake kubelet).
+
+Import harness pieces as ``from harness import ...`` (``tests/`` is on ``sys.path`` because this
+conftest lives there and ``tests/`` has no ``__init__.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.cluster import Cluster
+from harness.postgres import PostgresServer, PostgresUnavailableError, start_server
+
+
+def _must_not_skip() -> bool:
+    """CI installs PostgreSQL, so a missing server there is a failure, not a skip."""
+    return bool(os.environ.get("CI") or os.environ.get("KUBETUNE_REQUIRE_POSTGRES"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The running server, with ``stop()``/``start()``/``restart(mode)`` for fault tests.
+
+    A test that stops the server must start it again before it ends (other tests share it).
+    """
+    try:
+        server = start_server()
+    except PostgresUnavailableError as exc:
+        if _must_not_skip():
+            pytest.fail(f"PostgreSQL is required here: {exc}")
+        pytest.skip(f"PostgreSQL is not installed: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """``postgresql+psycopg2://kubetune:<password>@127.0.0.1:<port>/kubetune`` (shared DB)."""
+    return postgres_server.url()
+
+
+@pytest.fixture
+def fresh_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A URL to a new, empty database for this test only; dropped afterwards."""
+    if not postgres_server.is_running():
+        postgres_server.start()  # a previous fault test left it stopped
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        if not postgres_server.is_running():
+            postgres_server.start()
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_password() -> str:
+    """The role's password, for tests asserting it never appears in logs, status or Events."""
+    from harness.postgres import PASSWORD
+
+    return PASSWORD
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A fresh emulated cluster per test, with ``KUBECONFIG`` pointing at it.
+
+    The repository's ``crds/*.yaml`` are registered. kopf and ``kubernetes.config
+    .load_kube_config()`` read the kubeconfig from the environment.
+    """
+    running = Cluster.start(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(running.kubeconfig))
+    # The client computes its default kubeconfig path when first imported; follow the env.
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(running.kubeconfig))
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,158 @@
+"""The Optuna ledger adapter against a real PostgreSQL (``fresh_database``) and real Optuna."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kubetune import reasons as R  # noqa: N812
+from kubetune.ledger import (
+    ATTEMPT_ATTR,
+    FAIL_MESSAGE_ATTR,
+    FAIL_REASON_ATTR,
+    SPEC_HASH_ATTR,
+    Ledger,
+    make_storage,
+    optuna_study_name,
+)
+from kubetune.reconcile import RecordUsage, spec_hash
+from kubetune.spec import TuningStudySpec, parse_manifest
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_spec(*, enqueue: list[dict[str, Any]] | None = None, high: float = 0.1) -> TuningStudySpec:
+    manifest = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "objectives": [{"name": "acc", "direction": "maximize"}],
+            "searchSpace": [
+                {"name": "lr", "float": {"low": 1e-4, "high": high, "log": True}},
+                {"name": "opt", "categorical": {"choices": ["sgd", "adamw"]}},
+                {
+                    "name": "momentum",
+                    "float": {"low": 0.0, "high": 0.9},
+                    "when": {"param": "opt", "in": ["sgd"]},
+                },
+            ],
+            "sampler": {"type": "TPE", "seed": 3},
+            "enqueueTrials": enqueue or [],
+            "trial": {"template": {"spec": {"containers": [{"name": "t", "image": "i"}]}}},
+        },
+    }
+    return parse_manifest(manifest).spec
+
+
+@pytest.fixture
+def ledger(fresh_database: str) -> Iterator[Ledger]:
+    yield Ledger(make_storage(fresh_database, pool_size=2, max_overflow=1))
+
+
+def test_study_name_is_unique_per_uid() -> None:
+    assert optuna_study_name("ml", "demo", "u1") == "ml.demo.u1"
+    assert optuna_study_name("ml", "demo", "u1") != optuna_study_name("ml", "demo", "u2")
+
+
+def test_open_records_hash_and_enqueues_warm_starts_once(ledger: Ledger) -> None:
+    spec = make_spec(enqueue=[{"lr": 0.01, "opt": "sgd", "momentum": 0.9}])
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    assert study.study_name == "ml.demo.u1"
+    assert study.user_attrs[SPEC_HASH_ATTR] == spec_hash(spec)
+    # A second operator process (fresh Ledger on the same database) must not enqueue again.
+    other = Ledger(ledger.storage)
+    again = other.open(spec, namespace="ml", name="demo", uid="u1")
+    waiting = again.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    number, params = other.ask(again, spec)
+    assert number == 0
+    assert params == {"lr": 0.01, "opt": "sgd", "momentum": 0.9}
+    snap = other.snapshot(again)
+    assert [(t.number, t.state, t.attempt, t.asked) for t in snap.trials] == [
+        (0, "RUNNING", 0, True)
+    ]
+
+
+def test_a_changed_spec_keeps_the_stored_hash(ledger: Ledger) -> None:
+    spec = make_spec()
+    ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    fresh = Ledger(ledger.storage)
+    changed = make_spec(high=0.5)
+    study = fresh.open(changed, namespace="ml", name="demo", uid="u1")
+    snap = fresh.snapshot(study)
+    assert snap.spec_hash == spec_hash(spec) != spec_hash(changed)
+
+
+def test_ask_tell_attempts_and_snapshot(ledger: Ledger) -> None:
+    spec = make_spec()
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    numbers = [ledger.ask(study, spec)[0] for _ in range(4)]
+    assert numbers == [0, 1, 2, 3]
+    ledger.mark_job_created(study, 0, 0)
+    ledger.set_attempt(study, 1, 1)
+    ledger.mark_job_created(study, 1, 1)
+    assert ledger.tell(study, 0, "COMPLETE", [0.8])
+    assert not ledger.tell(study, 0, "COMPLETE", [0.8])  # already finished: harmless
+    assert ledger.tell(study, 2, "FAIL", reason=R.EXIT_CODE, message="exit code 3\nboom")
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, 3)
+    study._storage.set_trial_intermediate_value(trial_id, 4, 0.5)
+    ledger.record_usage(study, [RecordUsage(0, 1, 12.5), RecordUsage(2, 1, 3.0)])
+    ledger.record_usage(study, [RecordUsage(0, 1, 12.5)])  # repeating changes nothing
+
+    snap = Ledger(ledger.storage).snapshot(study)
+    by = {t.number: t for t in snap.trials}
+    assert by[0].state == "COMPLETE" and by[0].values == (0.8,) and by[0].job_created == 0
+    assert by[1].state == "RUNNING" and by[1].attempt == 1 and by[1].job_created == 1
+    assert by[2].state == "FAIL" and by[2].fail_reason == R.EXIT_CODE
+    assert by[3].last_step == 4 and by[3].job_created == -1
+    assert by[0].datetime_start is not None and by[0].datetime_start.tzinfo is not None
+    assert {n: (u.attempts, u.gpu_seconds) for n, u in snap.usage.items()} == {
+        0: (1, 12.5),
+        2: (1, 3.0),
+    }
+    frozen = study.trials[2]
+    assert frozen.user_attrs[FAIL_REASON_ATTR] == R.EXIT_CODE
+    assert "boom" in frozen.user_attrs[FAIL_MESSAGE_ATTR]
+    # Job creation confirmed after the trial finished is a no-op, not an error.
+    ledger.mark_job_created(study, 0, 1)
+
+
+def test_interrupted_ask_is_visible(ledger: Ledger) -> None:
+    spec = make_spec()
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    study.ask()  # as if the operator died before suggesting parameters
+    (trial,) = ledger.snapshot(study).trials
+    assert trial.state == "RUNNING" and not trial.asked
+    assert ATTEMPT_ATTR not in study.trials[0].user_attrs
+
+
+def test_resolver_and_fail_running(ledger: Ledger) -> None:
+    spec = make_spec()
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    assert ledger.resolve("ml", "demo") is study
+    assert ledger.resolve("ml", "other") is None
+    ledger.ask(study, spec)
+    ledger.ask(study, spec)
+    ledger.tell(study, 0, "COMPLETE", [0.1])
+    assert ledger.fail_running(study, R.STUDY_DELETED, "the TuningStudy was deleted") == 1
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    ledger.forget("ml", "demo")
+    assert ledger.resolve("ml", "demo") is None
+
+
+def test_connection_pool_stays_small(fresh_database: str) -> None:
+    storage = make_storage(fresh_database, pool_size=2, max_overflow=1)
+    ledger = Ledger(storage)
+    spec = make_spec()
+    for i in range(12):
+        study = ledger.open(spec, namespace="ml", name=f"s{i}", uid="u")
+        ledger.ask(study, spec)
+        ledger.snapshot(study)
+    engine = storage.engine  # type: ignore[attr-defined]
+    assert engine.pool.size() == 2
+    assert engine.pool.checkedout() == 0

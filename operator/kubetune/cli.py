@@ -105,21 +105,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kubetune.local import run_local
+    from kubetune.local import LocalRunError, run_local
 
-    result = run_local(
-        args.file,
-        storage=args.storage,
-        parallelism=args.parallelism,
-        max_trials=args.max_trials,
-    )
-    return int(getattr(result, "exit_code", 0))
+    try:
+        result = run_local(
+            args.file,
+            storage=args.storage,
+            parallelism=args.parallelism,
+            max_trials=args.max_trials,
+        )
+    except LocalRunError as e:
+        raise UserFacingError(str(e)) from None
+    return result.exit_code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kubetune.report_html import write_report
+    from kubetune.report_html import ReportError, write_report
 
-    write_report(args.storage, args.study, args.out)
+    try:
+        write_report(args.storage, args.study, args.out)
+    except ReportError as e:
+        raise UserFacingError(str(e)) from None
     print(f"Wrote {args.out}")
     return 0
 
@@ -151,6 +157,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         report_port=args.report_port,
     )
     return 0
+
+
+class UserFacingError(Exception):
+    """Raised by commands for problems the user can fix; printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except SpecError as e:
         print(f"error: invalid TuningStudy:\n{e}", file=sys.stderr)
+        return 2
+    except UserFacingError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

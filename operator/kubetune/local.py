@@ -494,8 +494,8 @@ def _progress(console: Console) -> Progress:
         BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn(
-            "done {task.fields[complete]} pruned {task.fields[pruned]} "
-            "failed {task.fields[failed]} best {task.fields[best]}"
+            "finished · {task.fields[complete]} complete · {task.fields[pruned]} pruned · "
+            "{task.fields[failed]} failed · best {task.fields[best]}"
         ),
         TimeElapsedColumn(),
         console=console,

@@ -1,0 +1,425 @@
+"""Trial Jobs: rendering a batch/v1 Job for one trial attempt, and reading Jobs back.
+
+Pure functions only: no API calls, no clock. The shell creates what :func:`render_job` returns
+and feeds what it observes through :func:`observe_job` into the reconcile.
+
+How a failed Job is classified (``backoffLimit: 0``, so the first failed pod fails the Job):
+
+- The Job's ``podFailurePolicy`` has two ``FailJob`` rules, in this order:
+
+  0. ``onPodConditions: [DisruptionTarget]`` — the pod was evicted, preempted, or its node
+     was lost. Checked first because an evicted container also exits non-zero (137).
+  1. ``onExitCodes: NotIn [0]`` on the trainer container — the user's code failed.
+
+  Both fail the Job at once (no ``Ignore``: Kubernetes would otherwise retry on its own,
+  uncounted); the Job's ``Failed`` condition then has reason ``PodFailurePolicy`` and a message
+  naming the matching rule's index ("... matching FailJob rule at index 0"). Index 0 means
+  *disruption* (the operator retries with the same parameters up to ``maxRetries``), index 1
+  means *user error* (trial FAIL, no retry).
+- Reason ``DeadlineExceeded``: ``activeDeadlineSeconds`` passed (trial FAIL).
+- Any other failure (``BackoffLimitExceeded`` without a matching rule): a pod with a
+  ``DisruptionTarget`` condition still counts as a disruption; everything else is a user error.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from kubetune.search_space import param_env
+
+if TYPE_CHECKING:
+    from kubetune.spec import TuningStudySpec
+
+__all__ = [
+    "ANNOTATION_OPTUNA_STUDY",
+    "DISRUPTION_RULE_INDEX",
+    "EXIT_CODE_RULE_INDEX",
+    "IMAGE_PULL_REASONS",
+    "LABEL_ATTEMPT",
+    "LABEL_MANAGED_BY",
+    "LABEL_QUEUE",
+    "LABEL_STUDY",
+    "LABEL_TRIAL",
+    "MAX_NAME",
+    "FailureKind",
+    "JobPhase",
+    "ObservedJob",
+    "job_name",
+    "observe_job",
+    "parse_termination_message",
+    "parse_time",
+    "render_job",
+    "study_label",
+]
+
+LABEL_STUDY = "kubetune.io/study"
+LABEL_TRIAL = "kubetune.io/trial"
+LABEL_ATTEMPT = "kubetune.io/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_OPTUNA_STUDY = "kubetune.io/optuna-study"
+MAX_NAME = 63
+DISRUPTION_RULE_INDEX = 0
+EXIT_CODE_RULE_INDEX = 1
+#: Container waiting reasons that mean the image will not come (retrying will not help).
+IMAGE_PULL_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+_MAX_LABEL_VALUE = 63
+_RULE_INDEX_RE = re.compile(r"rule at index (\d+)")
+
+JobPhase = Literal["Active", "Suspended", "Succeeded", "Failed"]
+FailureKind = Literal["Disruption", "UserError", "DeadlineExceeded"]
+
+
+def job_name(study: str, trial: int, attempt: int) -> str:
+    """``<study>-<trial>`` (``-r<attempt>`` for retries), hash-shortened to 63 characters.
+
+    63 and not 253: the Job controller copies the name into the pod label ``job-name``.
+    """
+    suffix = f"-{trial}" + (f"-r{attempt}" if attempt else "")
+    name = study + suffix
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(study.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 1
+    head = study[:keep].rstrip("-.")
+    return f"{head}-{digest}{suffix}"
+
+
+def _label_value(value: str) -> str:
+    if len(value) <= _MAX_LABEL_VALUE:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return value[: _MAX_LABEL_VALUE - 9].rstrip("-._") + "-" + digest
+
+
+def study_label(study: str) -> str:
+    """The ``kubetune.io/study`` label value for a study name (hashed beyond 63 characters)."""
+    return _label_value(study)
+
+
+def _trainer_index(containers: Sequence[Mapping[str, Any]], wanted: str | None) -> int:
+    if wanted is not None:
+        for i, c in enumerate(containers):
+            if c.get("name") == wanted:
+                return i
+    return 0
+
+
+def render_job(
+    study_manifest_meta: Mapping[str, Any],
+    spec: TuningStudySpec,
+    trial_number: int,
+    attempt: int,
+    params: Mapping[str, Any],
+    *,
+    report_url: str | None,
+    token: str | None,
+    optuna_study_name: str,
+) -> dict[str, Any]:
+    """The Job for one attempt of one trial, deterministic in its inputs.
+
+    ``study_manifest_meta`` is the TuningStudy's metadata (name, namespace, uid). The token is
+    put into the environment only in Reporter mode; the storage URL never is.
+    """
+    study = str(study_manifest_meta["name"])
+    namespace = study_manifest_meta.get("namespace")
+    uid = str(study_manifest_meta.get("uid") or "")
+    name = job_name(study, trial_number, attempt)
+    labels = {
+        LABEL_STUDY: study_label(study),
+        LABEL_TRIAL: str(trial_number),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_MANAGED_BY: "kubetune",
+    }
+
+    template = copy.deepcopy(dict(spec.trial.template))
+    tmeta = dict(template.get("metadata") or {})
+    tmeta["labels"] = {**dict(tmeta.get("labels") or {}), **labels}
+    template["metadata"] = tmeta
+    pod = dict(template["spec"])
+    pod["restartPolicy"] = "Never"
+    containers = [dict(c) for c in pod["containers"]]
+    trainer = _trainer_index(containers, spec.trial.container_name)
+
+    env: dict[str, str] = dict(param_env(dict(params)))
+    env["KUBETUNE_NAMESPACE"] = str(namespace or "")
+    env["KUBETUNE_STUDY"] = study
+    env["KUBETUNE_TRIAL_NUMBER"] = str(trial_number)
+    env["KUBETUNE_TRIAL_ATTEMPT"] = str(attempt)
+    if spec.trial.result.from_ == "Reporter":
+        if report_url:
+            env["KUBETUNE_REPORT_URL"] = report_url
+        if token:
+            env["KUBETUNE_TRIAL_TOKEN"] = token
+    ours = [{"name": k, "value": v} for k, v in env.items()]
+    for i, c in enumerate(containers):
+        # Ours come first so that the user's own env entries and `$(VAR)` in args can use them;
+        # a user entry with one of our names is dropped (ours win).
+        theirs = [e for e in (c.get("env") or []) if e.get("name") not in env]
+        c["env"] = [dict(e) for e in ours] + theirs
+        if i == trainer and spec.trial.result.from_ == "TerminationMessage":
+            c.setdefault("terminationMessagePath", "/dev/termination-log")
+            c["terminationMessagePolicy"] = "File"
+        containers[i] = c
+    pod["containers"] = containers
+    template["spec"] = pod
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": containers[trainer]["name"],
+                        "operator": "NotIn",
+                        "values": [0],
+                    },
+                },
+            ]
+        },
+        "template": template,
+    }
+    if spec.trial.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.trial.active_deadline_seconds
+    if spec.trial.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.trial.ttl_seconds_after_finished
+    job_labels = dict(labels)
+    if spec.trial.queue_name:
+        job_labels[LABEL_QUEUE] = spec.trial.queue_name
+        job_spec["suspend"] = True
+
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": job_labels,
+        "annotations": {ANNOTATION_OPTUNA_STUDY: optuna_study_name},
+        "ownerReferences": [
+            {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "kind": "TuningStudy",
+                "name": study,
+                "uid": uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading Jobs and Pods back
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """What the reconcile needs to know about one trial Job (and its pods)."""
+
+    name: str
+    trial: int
+    attempt: int
+    phase: JobPhase
+    failure: FailureKind | None = None
+    message: str = ""
+    exit_code: int | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    termination_message: str | None = None
+    #: Why the pod cannot start (``Unschedulable``, ``ErrImagePull``, ...), and since when.
+    waiting_reason: str | None = None
+    waiting_message: str = ""
+    waiting_since: datetime | None = None
+    deleting: bool = False
+    log_tail: str | None = None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Parse an RFC 3339 timestamp as Kubernetes writes it; None when absent or malformed."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _int_label(labels: Mapping[str, Any], key: str) -> int | None:
+    raw = labels.get(key)
+    if isinstance(raw, str) and raw.isdigit():
+        return int(raw)
+    return None
+
+
+def _condition(obj: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type") == ctype and c.get("status") == "True":
+            return c
+    return None
+
+
+def _terminated(pod: Mapping[str, Any], container: str | None) -> Mapping[str, Any] | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if not isinstance(cs, Mapping):
+            continue
+        if container is not None and cs.get("name") != container:
+            continue
+        term = (cs.get("state") or {}).get("terminated")
+        if isinstance(term, Mapping):
+            return term
+    return None
+
+
+def _trainer_name(job: Mapping[str, Any]) -> str | None:
+    rules = ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []
+    for r in rules:
+        name = (r.get("onExitCodes") or {}).get("containerName") if isinstance(r, Mapping) else None
+        if isinstance(name, str):
+            return name
+    return None
+
+
+def observe_job(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()
+) -> ObservedJob | None:
+    """Summarise a trial Job and its pods; None if it carries no trial labels."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    trial = _int_label(labels, LABEL_TRIAL)
+    attempt = _int_label(labels, LABEL_ATTEMPT)
+    if trial is None or attempt is None:
+        return None
+    name = str(meta.get("name", ""))
+    status = job.get("status") or {}
+    spec = job.get("spec") or {}
+    own_pods = [
+        p
+        for p in pods
+        if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == name
+        or (
+            _int_label((p.get("metadata") or {}).get("labels") or {}, LABEL_TRIAL) == trial
+            and _int_label((p.get("metadata") or {}).get("labels") or {}, LABEL_ATTEMPT) == attempt
+        )
+    ]
+    trainer = _trainer_name(job)
+
+    failed = _condition(job, "Failed")
+    complete = _condition(job, "Complete")
+    phase: JobPhase
+    failure: FailureKind | None = None
+    message = ""
+    exit_code: int | None = None
+    termination: str | None = None
+    for p in own_pods:
+        term = _terminated(p, trainer)
+        if term is not None:
+            if isinstance(term.get("exitCode"), int):
+                exit_code = term["exitCode"]
+            if isinstance(term.get("message"), str) and term["message"]:
+                termination = term["message"]
+    if complete is not None:
+        phase = "Succeeded"
+    elif failed is not None:
+        phase = "Failed"
+        reason = str(failed.get("reason") or "")
+        message = str(failed.get("message") or reason)
+        match = _RULE_INDEX_RE.search(message)
+        disrupted = any(_condition(p, "DisruptionTarget") for p in own_pods)
+        if reason == "DeadlineExceeded":
+            failure = "DeadlineExceeded"
+        elif reason == "PodFailurePolicy" and match is not None:
+            index = int(match.group(1))
+            failure = "Disruption" if index == DISRUPTION_RULE_INDEX else "UserError"
+        elif disrupted:
+            failure = "Disruption"
+        else:
+            failure = "UserError"
+    elif spec.get("suspend") is True:
+        phase = "Suspended"
+    else:
+        phase = "Active"
+
+    waiting_reason: str | None = None
+    waiting_message = ""
+    waiting_since: datetime | None = None
+    if phase == "Active":
+        for p in own_pods:
+            pmeta = p.get("metadata") or {}
+            pstatus = p.get("status") or {}
+            since = parse_time(pmeta.get("creationTimestamp"))
+            for cs in pstatus.get("containerStatuses") or []:
+                waiting = (
+                    (cs.get("state") or {}).get("waiting") if isinstance(cs, Mapping) else None
+                )
+                if isinstance(waiting, Mapping) and waiting.get("reason") in IMAGE_PULL_REASONS:
+                    waiting_reason = str(waiting["reason"])
+                    waiting_message = str(waiting.get("message") or "")
+                    waiting_since = since
+            for c in pstatus.get("conditions") or []:
+                if (
+                    isinstance(c, Mapping)
+                    and c.get("type") == "PodScheduled"
+                    and c.get("status") == "False"
+                    and c.get("reason") == "Unschedulable"
+                    and waiting_reason is None
+                ):
+                    waiting_reason = "Unschedulable"
+                    waiting_message = str(c.get("message") or "")
+                    waiting_since = parse_time(c.get("lastTransitionTime")) or since
+
+    return ObservedJob(
+        name=name,
+        trial=trial,
+        attempt=attempt,
+        phase=phase,
+        failure=failure,
+        message=message,
+        exit_code=exit_code,
+        start_time=parse_time(status.get("startTime")),
+        completion_time=parse_time(status.get("completionTime"))
+        or parse_time((failed or complete or {}).get("lastTransitionTime")),
+        termination_message=termination,
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        waiting_since=waiting_since,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def parse_termination_message(text: str | None, n_objectives: int) -> list[float] | str:
+    """The values from ``{"values": [...]}``; a string saying what is wrong otherwise."""
+    if not text:
+        return "the container wrote no termination message"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "the termination message is not JSON"
+    values = data.get("values") if isinstance(data, dict) else None
+    if not isinstance(values, list):
+        return 'the termination message has no "values" list'
+    if len(values) != n_objectives:
+        return f"the termination message has {len(values)} values, expected {n_objectives}"
+    out: list[float] = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return f"the termination message has a value that is not a finite number: {v!r}"
+        out.append(float(v))
+    return out

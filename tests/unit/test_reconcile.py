@@ -1,0 +1,571 @@
+"""The reconcile decision (pure): one scenario per rule, plus a simulated world.
+
+``World`` applies a decision's actions the way the shell does (Optuna gives trial numbers,
+Jobs appear, tells finish trials), so the tests assert on the state of the world after a
+few rounds, and on level-based idempotence: deciding again changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kubetune import reasons as R  # noqa: N812
+from kubetune.jobs import ObservedJob, job_name
+from kubetune.reconcile import (
+    CreateJob,
+    Decision,
+    DeleteJob,
+    LaunchTrials,
+    RecordUsage,
+    RelaunchAttempt,
+    Tell,
+    decide,
+    spec_hash,
+    storage_error_status,
+)
+from kubetune.spec import TuningStudySpec, parse_manifest
+from kubetune.status import LedgerSnapshot, TrialRecord, TrialUsage
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def make_spec(
+    *,
+    budget: dict[str, Any] | None = None,
+    trial: dict[str, Any] | None = None,
+    objectives: int = 1,
+    suspend: bool = False,
+    lr_high: float = 0.1,
+) -> TuningStudySpec:
+    gpu_container = {
+        "name": "trainer",
+        "image": "trainer:1",
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+    }
+    manifest = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "objectives": [
+                {"name": f"o{i}", "direction": "maximize" if i == 0 else "minimize"}
+                for i in range(objectives)
+            ],
+            "searchSpace": [{"name": "lr", "float": {"low": 1e-4, "high": lr_high}}],
+            "budget": {"maxTrials": 6, "parallelism": 2, **(budget or {})},
+            "suspend": suspend,
+            "trial": {"maxRetries": 1, "template": {"spec": {"containers": [gpu_container]}}}
+            | (trial or {}),
+        },
+    }
+    return parse_manifest(manifest).spec
+
+
+@dataclasses.dataclass
+class World:
+    """The Jobs and the ledger as the shell would leave them after applying actions."""
+
+    spec: TuningStudySpec
+    now: datetime = T0
+    trials: dict[int, TrialRecord] = dataclasses.field(default_factory=dict)
+    jobs: dict[str, ObservedJob] = dataclasses.field(default_factory=dict)
+    usage: dict[int, TrialUsage] = dataclasses.field(default_factory=dict)
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stored_hash: str | None = None
+    generation: int = 1
+    max_running_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.stored_hash = self.stored_hash or spec_hash(self.spec)
+
+    def ledger(self) -> LedgerSnapshot:
+        return LedgerSnapshot(
+            "ns.demo.uid",
+            tuple(self.trials[n] for n in sorted(self.trials)),
+            self.stored_hash,
+            dict(self.usage),
+        )
+
+    def decide(self, **kw: Any) -> Decision:
+        return decide(
+            self.spec,
+            self.generation,
+            list(self.jobs.values()),
+            self.ledger(),
+            self.now,
+            previous_status=self.status,
+            **kw,
+        )
+
+    def add_job(self, trial: int, attempt: int) -> None:
+        name = job_name("demo", trial, attempt)
+        self.jobs[name] = ObservedJob(name, trial, attempt, "Active", start_time=self.now)
+        t = self.trials[trial]
+        self.trials[trial] = dataclasses.replace(t, job_created=max(t.job_created, attempt))
+
+    def apply(self, d: Decision) -> None:
+        for a in d.actions:
+            if isinstance(a, LaunchTrials):
+                for _ in range(a.count):
+                    n = len(self.trials)
+                    self.trials[n] = TrialRecord(n, "RUNNING", {"lr": 0.01 * (n + 1)})
+                    self.add_job(n, 0)
+            elif isinstance(a, CreateJob):
+                self.add_job(a.trial, a.attempt)
+            elif isinstance(a, RelaunchAttempt):
+                self.trials[a.trial] = dataclasses.replace(self.trials[a.trial], attempt=a.attempt)
+                self.add_job(a.trial, a.attempt)
+            elif isinstance(a, Tell):
+                t = self.trials[a.trial]
+                if t.state == "RUNNING":
+                    self.trials[a.trial] = dataclasses.replace(
+                        t, state=a.state, values=a.values, fail_reason=a.reason
+                    )
+            elif isinstance(a, DeleteJob):
+                self.jobs.pop(a.name, None)
+            elif isinstance(a, RecordUsage):
+                self.usage[a.trial] = TrialUsage(a.attempts, a.gpu_seconds)
+        self.status = d.status
+        running = {n for n, t in self.trials.items() if t.state == "RUNNING"}
+        running |= {j.trial for j in self.jobs.values() if j.phase == "Active"}
+        self.max_running_seen = max(self.max_running_seen, len(running))
+
+    def step(self, **kw: Any) -> Decision:
+        d = self.decide(**kw)
+        self.apply(d)
+        return d
+
+    def finish(self, trial: int, phase: str = "Succeeded", **fields: Any) -> None:
+        t = self.trials[trial]
+        name = job_name("demo", trial, t.attempt)
+        self.jobs[name] = dataclasses.replace(
+            self.jobs[name], phase=phase, completion_time=self.now, **fields
+        )
+
+    def report(self, trial: int, state: str, *values: float) -> None:
+        """The report API finished the trial (Reporter mode)."""
+        self.trials[trial] = dataclasses.replace(
+            self.trials[trial], state=state, values=values or None
+        )
+
+    def running_jobs(self) -> list[str]:
+        return sorted(n for n, j in self.jobs.items() if j.phase == "Active")
+
+
+def assert_settled(world: World) -> Decision:
+    """Deciding again on the world the actions produced asks for nothing."""
+    again = world.decide()
+    assert again.actions == ()
+    assert world.decide().status == again.status
+    return again
+
+
+def test_first_reconcile_launches_up_to_parallelism() -> None:
+    world = World(make_spec())
+    d = world.step()
+    assert d.of_type(LaunchTrials) == [LaunchTrials(2)]
+    assert d.state == "Running"
+    assert world.running_jobs() == ["demo-0", "demo-1"]
+    settled = assert_settled(world)
+    assert settled.status["trials"]["running"] == 2
+    assert settled.status["observedGeneration"] == 1
+    assert [e.reason for e in d.events] == [R.STUDY_STARTED]
+
+
+def test_reporter_mode_runs_to_success_within_parallelism() -> None:
+    world = World(make_spec())
+    values = iter([0.5, 0.7, 0.6, 0.9, 0.1, 0.3])
+    for _ in range(20):
+        world.step()
+        for n in world.trials:
+            if world.trials[n].state == "RUNNING":
+                world.report(n, "COMPLETE", next(values))
+                world.finish(n)
+                break
+        world.now += timedelta(seconds=10)
+    final = assert_settled(world)
+    assert world.max_running_seen <= 2
+    assert len(world.trials) == 6
+    assert final.state == "Succeeded"
+    assert final.status["trials"] == {
+        "total": 6, "running": 0, "completed": 6, "pruned": 0, "failed": 0, "retried": 0,
+    }  # fmt: skip
+    assert final.status["bestTrial"]["number"] == 3
+    assert final.status["completionTime"] is not None
+    cond = {c["type"]: c for c in final.status["conditions"]}
+    assert cond["Succeeded"]["status"] == "True"
+    assert cond["Succeeded"]["reason"] == R.MAX_TRIALS_REACHED
+    assert cond["Running"]["status"] == "False"
+    # GPU-seconds: every finished Job's runtime x 1 GPU was settled in the ledger.
+    assert set(world.usage) == set(range(6))
+    assert final.status["gpuSeconds"]["used"] == pytest.approx(
+        sum(u.gpu_seconds for u in world.usage.values())
+    )
+    assert final.status["gpuSeconds"]["used"] > 0
+
+
+def test_termination_message_results_are_told() -> None:
+    world = World(make_spec(trial={"result": {"from": "TerminationMessage"}}))
+    world.step()
+    world.finish(0, termination_message='{"values": [0.75]}')
+    world.finish(1, termination_message="garbage")
+    d = world.step()
+    tells = {t.trial: t for t in d.of_type(Tell)}
+    assert tells[0] == Tell(0, "COMPLETE", (0.75,), None, "")
+    assert tells[1].state == "FAIL" and tells[1].reason == R.NO_RESULT
+    assert "not JSON" in tells[1].message
+    # The two freed slots are filled at once (status already counts the tells).
+    assert d.of_type(LaunchTrials) == [LaunchTrials(2)]
+    assert d.status["trials"]["completed"] == 1 and d.status["trials"]["failed"] == 1
+    assert_settled(world)
+
+
+def test_reporter_job_success_without_result_fails_no_result() -> None:
+    world = World(make_spec())
+    world.step()
+    world.finish(0)
+    d = world.step()
+    (tell,) = d.of_type(Tell)
+    assert (tell.trial, tell.state, tell.reason) == (0, "FAIL", R.NO_RESULT)
+    assert "complete()" in tell.message
+    assert_settled(world)
+
+
+def test_pruned_by_report_api_just_frees_the_slot() -> None:
+    world = World(make_spec())
+    world.step()
+    world.report(0, "PRUNED")
+    world.finish(0)
+    d = world.step()
+    assert d.of_type(Tell) == []
+    assert d.of_type(LaunchTrials) == [LaunchTrials(1)]
+    assert d.status["trials"]["pruned"] == 1
+
+
+def test_user_error_fails_with_exit_code_and_log_tail() -> None:
+    world = World(make_spec())
+    world.step()
+    world.finish(
+        0, phase="Failed", failure="UserError", exit_code=3, log_tail="Traceback...\nKeyError: x"
+    )
+    d = world.step()
+    (tell,) = d.of_type(Tell)
+    assert (tell.state, tell.reason) == ("FAIL", R.EXIT_CODE)
+    assert "exited with code 3" in tell.message and "KeyError: x" in tell.message
+    assert d.of_type(RelaunchAttempt) == []
+    assert [e.reason for e in d.events if e.reason == R.TRIAL_FAILED] == [R.TRIAL_FAILED]
+    assert_settled(world)
+
+
+def test_deadline_exceeded_fails_without_retry() -> None:
+    world = World(make_spec(trial={"activeDeadlineSeconds": 60}))
+    world.step()
+    world.finish(0, phase="Failed", failure="DeadlineExceeded")
+    d = world.step()
+    (tell,) = d.of_type(Tell)
+    assert tell.reason == R.DEADLINE_EXCEEDED
+    assert d.of_type(RelaunchAttempt) == []
+
+
+def test_disruption_retries_with_same_params_then_gives_up() -> None:
+    world = World(make_spec(trial={"maxRetries": 1}))
+    world.step()
+    params = dict(world.trials[0].params)
+    world.finish(0, phase="Failed", failure="Disruption")
+    d = world.step()
+    assert d.of_type(RelaunchAttempt) == [RelaunchAttempt(0, 1, params, "Disruption")]
+    assert "demo-0-r1" in world.jobs
+    assert d.of_type(LaunchTrials) == []  # the retry keeps the slot
+    assert d.status["trials"]["retried"] == 1 and d.status["trials"]["total"] == 2
+    assert_settled(world)
+    world.finish(0, phase="Failed", failure="Disruption")
+    d = world.step()
+    (tell,) = d.of_type(Tell)
+    assert tell.reason == R.RETRIES_EXHAUSTED
+    assert world.trials[0].attempt == 1
+    assert d.status["trials"]["retried"] == 1  # counted once, no new trial number
+    assert_settled(world)
+
+
+def test_job_deleted_by_hand_is_retried_then_failed() -> None:
+    world = World(make_spec(trial={"maxRetries": 1}))
+    world.step()
+    del world.jobs["demo-1"]
+    d = world.step()
+    assert d.of_type(RelaunchAttempt)[0].trial == 1
+    assert d.of_type(RelaunchAttempt)[0].reason == R.JOB_DELETED
+    del world.jobs["demo-1-r1"]
+    d = world.step()
+    (tell,) = d.of_type(Tell)
+    assert (tell.trial, tell.reason) == (1, R.JOB_DELETED)
+    assert_settled(world)
+
+
+def test_crash_between_ask_and_create_creates_the_missing_job() -> None:
+    world = World(make_spec())
+    world.trials[0] = TrialRecord(0, "RUNNING", {"lr": 0.05})  # asked, no Job confirmed
+    d = world.step()
+    assert d.of_type(CreateJob) == [CreateJob(0, 0, {"lr": 0.05})]
+    assert d.of_type(LaunchTrials) == [LaunchTrials(1)]  # one slot taken by trial 0
+    assert world.running_jobs() == ["demo-0", "demo-1"]
+    assert_settled(world)
+
+
+def test_crash_between_relaunch_and_create_creates_the_retry_job() -> None:
+    world = World(make_spec())
+    world.trials[0] = TrialRecord(0, "RUNNING", {"lr": 0.05}, attempt=1, job_created=0)
+    d = world.step()
+    assert CreateJob(0, 1, {"lr": 0.05}) in d.actions
+
+
+def test_interrupted_ask_fails_the_trial() -> None:
+    world = World(make_spec())
+    world.trials[0] = TrialRecord(0, "RUNNING", {}, asked=False)
+    d = world.step()
+    (tell,) = d.of_type(Tell)
+    assert tell.reason == R.ASK_INTERRUPTED
+    assert d.of_type(CreateJob) == []
+
+
+@pytest.mark.parametrize("parallelism", [1, 3, 5])
+def test_parallelism_counts_running_trials_and_active_jobs(parallelism: int) -> None:
+    world = World(make_spec(budget={"maxTrials": 20, "parallelism": parallelism}))
+    world.step()
+    assert len(world.running_jobs()) == parallelism
+    # A finished trial whose pod is still exiting keeps its slot until the Job ends.
+    world.report(0, "COMPLETE", 0.5)
+    assert world.decide().of_type(LaunchTrials) == []
+    world.finish(0)
+    assert world.decide().of_type(LaunchTrials) == [LaunchTrials(1)]
+
+
+def test_parallelism_lowered_live_launches_nothing_until_below() -> None:
+    world = World(make_spec(budget={"maxTrials": 20, "parallelism": 4}))
+    world.step()
+    world.spec = make_spec(budget={"maxTrials": 20, "parallelism": 2})
+    world.generation = 2
+    for n in (0, 1):
+        world.report(n, "COMPLETE", 0.1)
+        world.finish(n)
+    d = world.step()
+    assert d.of_type(LaunchTrials) == []
+    assert d.status["observedGeneration"] == 2
+    world.report(2, "COMPLETE", 0.1)
+    world.finish(2)
+    assert world.step().of_type(LaunchTrials) == [LaunchTrials(1)]
+    # Raised: new slots at once.
+    world.spec = make_spec(budget={"maxTrials": 20, "parallelism": 5})
+    assert world.step().of_type(LaunchTrials) == [LaunchTrials(3)]
+
+
+def test_max_failed_trials_fails_the_study() -> None:
+    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 2, "maxFailedTrials": 2}))
+    world.step()
+    world.finish(0, phase="Failed", failure="UserError", exit_code=1)
+    world.finish(1, phase="Failed", failure="UserError", exit_code=1)
+    d = world.step()
+    assert d.of_type(LaunchTrials) == []
+    assert d.state == "Failed"
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["Failed"]["status"] == "True"
+    assert cond["Failed"]["reason"] == R.MAX_FAILED_TRIALS_REACHED
+    assert any(e.reason == R.STUDY_FAILED for e in d.events)
+    final = assert_settled(world)
+    assert not any(e.reason == R.STUDY_FAILED for e in final.events)  # posted once
+
+
+def test_deadline_stops_launches_and_finishes_after_running_trials() -> None:
+    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 1, "deadlineSeconds": 100}))
+    d = world.step()
+    assert d.requeue_after == pytest.approx(100)
+    world.now += timedelta(seconds=150)
+    d = world.step()
+    assert d.of_type(LaunchTrials) == [] and d.state == "Running"
+    assert d.status["conditions"][0]["reason"] == R.DEADLINE_REACHED
+    world.report(0, "COMPLETE", 0.3)
+    world.finish(0)
+    d = world.step()
+    assert d.state == "Succeeded"
+    assert d.status["conditions"][0]["reason"] == R.DEADLINE_REACHED
+
+
+def test_gpu_budget_stops_launches() -> None:
+    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 1, "maxGpuSeconds": 50}))
+    world.step()
+    world.now += timedelta(seconds=60)  # 60 s x 1 GPU on the running Job
+    d = world.step()
+    assert d.status["gpuSeconds"]["used"] == pytest.approx(60)
+    world.report(0, "COMPLETE", 0.3)
+    world.finish(0)
+    d = world.step()
+    assert d.of_type(LaunchTrials) == []
+    assert d.state == "Succeeded"
+    assert world.usage[0] == TrialUsage(1, 60.0)
+
+
+def test_suspend_launches_nothing_and_resume_continues() -> None:
+    world = World(make_spec(suspend=True))
+    d = world.step()
+    assert d.of_type(LaunchTrials) == [] and d.state == "Suspended"
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["Suspended"]["status"] == "True"
+    world.spec = make_spec(suspend=False)
+    d = world.step()
+    assert d.of_type(LaunchTrials) == [LaunchTrials(2)]
+
+
+def test_changed_search_space_is_refused() -> None:
+    world = World(make_spec())
+    world.step()
+    world.spec = make_spec(lr_high=0.5)
+    world.report(0, "COMPLETE", 0.2)
+    world.finish(0)
+    d = world.step()
+    assert d.state == "Invalid"
+    assert d.of_type(LaunchTrials) == []
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["Invalid"]["status"] == "True"
+    assert cond["Invalid"]["reason"] == R.IMMUTABLE_FIELD_CHANGED
+    assert cond["Ready"]["status"] == "False"
+    assert any(e.reason == R.IMMUTABLE_FIELD_CHANGED for e in d.events)
+    # Budgets and parallelism may change: no refusal.
+    world.spec = make_spec(budget={"parallelism": 3})
+    assert world.step().state == "Running"
+
+
+def test_image_pull_errors_set_a_condition_then_fail_after_grace() -> None:
+    world = World(make_spec(budget={"parallelism": 1}))
+    world.step()
+    world.jobs["demo-0"] = dataclasses.replace(
+        world.jobs["demo-0"],
+        waiting_reason="ErrImagePull",
+        waiting_message="manifest unknown",
+        waiting_since=world.now,
+    )
+    d = world.step(image_pull_grace_seconds=120)
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["PodsHealthy"]["status"] == "False"
+    assert cond["PodsHealthy"]["reason"] == R.IMAGE_PULL_FAILED
+    assert "manifest unknown" in cond["PodsHealthy"]["message"]
+    assert d.of_type(Tell) == [] and d.requeue_after == pytest.approx(120)
+    world.now += timedelta(seconds=121)
+    d = world.step(image_pull_grace_seconds=120)
+    (tell,) = d.of_type(Tell)
+    assert tell.reason == R.IMAGE_PULL_FAILED
+    assert d.of_type(DeleteJob) == [DeleteJob("demo-0", R.IMAGE_PULL_FAILED)]
+
+
+def test_unschedulable_pods_only_set_a_condition() -> None:
+    world = World(make_spec(budget={"parallelism": 1}))
+    world.step()
+    world.jobs["demo-0"] = dataclasses.replace(
+        world.jobs["demo-0"], waiting_reason="Unschedulable", waiting_since=world.now
+    )
+    world.now += timedelta(hours=5)
+    d = world.step()
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["PodsHealthy"]["reason"] == R.UNSCHEDULABLE
+    assert d.of_type(Tell) == []
+
+
+def test_stray_jobs_are_deleted() -> None:
+    world = World(make_spec(budget={"parallelism": 1}))
+    world.step()
+    world.jobs["demo-9"] = ObservedJob("demo-9", 9, 0, "Active")  # no such trial
+    world.trials[0] = dataclasses.replace(world.trials[0], attempt=1, job_created=1)
+    world.add_job(0, 1)  # attempt 0's Job is superseded but still active
+    d = world.step()
+    assert set(d.of_type(DeleteJob)) == {
+        DeleteJob("demo-9", "UnknownTrial"),
+        DeleteJob("demo-0", "SupersededAttempt"),
+    }
+
+
+def test_storage_error_status_keeps_numbers_and_flags_the_condition() -> None:
+    world = World(make_spec())
+    world.step()
+    status = storage_error_status(
+        world.status, generation=2, now=T0, message="could not connect to server"
+    )
+    cond = {c["type"]: c for c in status["conditions"]}
+    assert cond["StorageReachable"]["status"] == "False"
+    assert "could not connect" in cond["StorageReachable"]["message"]
+    assert status["trials"] == world.status["trials"]
+    assert status["observedGeneration"] == 1
+
+
+def test_multi_objective_status_has_a_pareto_front() -> None:
+    world = World(make_spec(objectives=2, trial={"result": {"from": "TerminationMessage"}}))
+    world.step()
+    world.finish(0, termination_message='{"values": [0.9, 3.0]}')
+    world.finish(1, termination_message='{"values": [0.8, 1.0]}')
+    d = world.step()
+    assert [t["number"] for t in d.status["paretoFront"]] == [0, 1]
+
+
+# --- a random world: invariants hold whatever happens ---------------------------------------
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["complete", "prune", "exit", "evict", "delete", "deadline", "noresult", "crash"]
+        ),
+        st.integers(min_value=0, max_value=7),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=EVENTS, parallelism=st.integers(1, 4), retries=st.integers(0, 2))
+def test_random_worlds_converge_within_budget(
+    events: list[tuple[str, int]], parallelism: int, retries: int
+) -> None:
+    spec = make_spec(
+        budget={"maxTrials": 8, "parallelism": parallelism}, trial={"maxRetries": retries}
+    )
+    world = World(spec)
+    world.step()
+    for kind, pick in events:
+        running = sorted(n for n, t in world.trials.items() if t.state == "RUNNING")
+        if running:
+            n = running[pick % len(running)]
+            attempt = world.trials[n].attempt
+            name = job_name("demo", n, attempt)
+            if name in world.jobs:
+                if kind == "complete":
+                    world.report(n, "COMPLETE", pick / 10)
+                    world.finish(n)
+                elif kind == "prune":
+                    world.report(n, "PRUNED")
+                    world.finish(n)
+                elif kind == "exit":
+                    world.finish(n, phase="Failed", failure="UserError", exit_code=1)
+                elif kind == "evict":
+                    world.finish(n, phase="Failed", failure="Disruption")
+                elif kind == "delete":
+                    del world.jobs[name]
+                elif kind == "deadline":
+                    world.finish(n, phase="Failed", failure="DeadlineExceeded")
+                elif kind == "noresult":
+                    world.finish(n)
+                # "crash": the operator restarts: nothing lives in memory, so nothing to do.
+        world.now += timedelta(seconds=5)
+        world.step()
+        assert world.max_running_seen <= parallelism
+        assert all(t.attempt <= retries for t in world.trials.values())
+    assert len(world.trials) <= 8
+    final = assert_settled(world)
+    counts = final.status["trials"]
+    assert counts["total"] == len(world.trials)
+    assert counts["running"] == sum(1 for t in world.trials.values() if t.state == "RUNNING")
+    # Every RUNNING trial has exactly one live Job for its current attempt.
+    for n, t in world.trials.items():
+        if t.state == "RUNNING":
+            assert job_name("demo", n, t.attempt) in world.jobs

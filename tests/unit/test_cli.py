@@ -22,6 +22,19 @@ def test_crd_writes_the_file(tmp_path: Path) -> None:
     assert (tmp_path / "kubetune.io_tuningstudies.yaml").read_text() == crd_yaml()
 
 
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_plan_shows_space_proposals_and_job(
+    example: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(ROOT / "examples" / example), "--trials", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "is valid" in out
+    assert "Search space" in out
+    assert "kind: Job" in out
+    assert "KUBETUNE_PARAMS" in out
+    assert "backoffLimit: 0" in out
+
+
 def test_plan_on_a_bad_manifest_is_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

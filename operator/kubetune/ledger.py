@@ -199,6 +199,14 @@ class Ledger:
         logger.info("Opened Optuna study study=%s", study_name)
         return study
 
+    def exists(self, *, namespace: str, name: str, uid: str) -> bool:
+        """Whether the Optuna study of this TuningStudy was ever created."""
+        try:
+            self._storage.get_study_id_from_name(optuna_study_name(namespace, name, uid))
+        except KeyError:
+            return False
+        return True
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop the cached study (the TuningStudy was deleted); the database keeps it."""
         with self._lock:

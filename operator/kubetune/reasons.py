@@ -25,6 +25,7 @@ __all__ = [
     "INVALID_SPEC",
     "JOB_DELETED",
     "JOB_FAILED",
+    "JOB_REJECTED",
     "MAX_FAILED_TRIALS_REACHED",
     "MAX_TRIALS_REACHED",
     "NO_RESULT",
@@ -97,3 +98,4 @@ JOB_DELETED = "JobDeleted"
 JOB_FAILED = "JobFailed"
 NO_RESULT = "NoResult"
 ASK_INTERRUPTED = "AskInterrupted"
+JOB_REJECTED = "JobRejected"

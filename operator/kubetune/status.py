@@ -25,6 +25,7 @@ __all__ = [
     "LedgerSnapshot",
     "StudyState",
     "TrialRecord",
+    "TrialStateName",
     "TrialUsage",
     "best_trial",
     "build_status",

@@ -21,3 +21,13 @@ def test_import_contracts_hold() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "BROKEN" not in proc.stdout
+
+
+def test_trainer_sdk_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys, kubetune.trial; "
+        "bad = [m for m in ('torch', 'optuna', 'kopf', 'kubernetes', 'pydantic') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

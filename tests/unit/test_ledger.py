@@ -133,7 +133,9 @@ def test_interrupted_ask_is_visible(ledger: Ledger) -> None:
 
 def test_resolver_and_fail_running(ledger: Ledger) -> None:
     spec = make_spec()
+    assert not ledger.exists(namespace="ml", name="demo", uid="u1")
     study = ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    assert ledger.exists(namespace="ml", name="demo", uid="u1")
     assert ledger.resolve("ml", "demo") is study
     assert ledger.resolve("ml", "other") is None
     ledger.ask(study, spec)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubetune import reasons as R  # noqa: N812
-from kubetune.jobs import ObservedJob, job_name
+from kubetune.jobs import JobPhase, ObservedJob, job_name
 from kubetune.reconcile import (
     CreateJob,
     Decision,
@@ -30,7 +30,7 @@ from kubetune.reconcile import (
     storage_error_status,
 )
 from kubetune.spec import TuningStudySpec, parse_manifest
-from kubetune.status import LedgerSnapshot, TrialRecord, TrialUsage
+from kubetune.status import LedgerSnapshot, TrialRecord, TrialStateName, TrialUsage
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -141,14 +141,14 @@ class World:
         self.apply(d)
         return d
 
-    def finish(self, trial: int, phase: str = "Succeeded", **fields: Any) -> None:
+    def finish(self, trial: int, phase: JobPhase = "Succeeded", **fields: Any) -> None:
         t = self.trials[trial]
         name = job_name("demo", trial, t.attempt)
         self.jobs[name] = dataclasses.replace(
             self.jobs[name], phase=phase, completion_time=self.now, **fields
         )
 
-    def report(self, trial: int, state: str, *values: float) -> None:
+    def report(self, trial: int, state: TrialStateName, *values: float) -> None:
         """The report API finished the trial (Reporter mode)."""
         self.trials[trial] = dataclasses.replace(
             self.trials[trial], state=state, values=values or None

@@ -1,0 +1,59 @@
+"""Entry point of ``kubetune operator``: configuration, then kopf with the handlers.
+
+Secrets (storage URL, token key) come from arguments or from the environment
+(``KUBETUNE_STORAGE_URL``, ``KUBETUNE_TOKEN_KEY``, ``KUBETUNE_REPORT_URL``), never from
+the command line in the chart (it would show in ``ps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import kopf
+
+from kubetune.handlers import OperatorConfig
+
+__all__ = ["run_operator"]
+
+
+def run_operator(
+    *,
+    namespaces: list[str] | None = None,
+    all_namespaces: bool = False,
+    storage_url: str | None = None,
+    token_key: str | bytes | None = None,
+    report_url: str | None = None,
+    metrics_port: int = 8080,
+    health_port: int = 8081,
+    report_port: int = 8082,
+) -> None:
+    """Run the operator until SIGTERM; ``/healthz`` on ``health_port`` is kopf's liveness."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    url = storage_url or os.environ.get("KUBETUNE_STORAGE_URL", "")
+    key = token_key if token_key is not None else os.environ.get("KUBETUNE_TOKEN_KEY", "")
+    key_bytes = key.encode() if isinstance(key, str) else bytes(key)
+    if not url:
+        sys.exit("kubetune operator: KUBETUNE_STORAGE_URL is not set (the Optuna storage URL)")
+    if len(key_bytes) < 16:
+        sys.exit("kubetune operator: KUBETUNE_TOKEN_KEY must hold at least 16 bytes")
+    config = OperatorConfig(
+        storage_url=url,
+        token_key=key_bytes,
+        report_url=report_url or os.environ.get("KUBETUNE_REPORT_URL") or None,
+        metrics_port=metrics_port,
+        report_port=report_port,
+        resync_seconds=float(os.environ.get("KUBETUNE_RESYNC_SECONDS", "10")),
+        image_pull_grace_seconds=float(os.environ.get("KUBETUNE_IMAGE_PULL_GRACE_SECONDS", "300")),
+    )
+    clusterwide = all_namespaces or not namespaces
+    kopf.run(
+        standalone=True,
+        clusterwide=clusterwide,
+        namespaces=() if clusterwide else tuple(namespaces or ()),
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+        memo=kopf.Memo(config=config),
+    )

@@ -1,0 +1,231 @@
+"""Helpers for the operator scenarios: a stand-in trainer, manifests, and world readers.
+
+The stand-in trainer is a tiny Python script run by the fake kubelet as a real process. It
+uses the real trainer SDK (``kubetune.trial``) against the operator's real report API, or
+writes a termination message. What it does is chosen by the ``MODE`` env var of the template:
+``ok`` (report three steps, complete), ``fail`` (print a traceback-like line, exit 3),
+``noresult`` (exit 0 without completing), ``wait`` (wait for the file ``$GO_FILE``, then ok).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness import Cluster, OperatorProcess, run_kopf
+
+TRAINER = r"""
+import json, math, os, sys, time
+mode = os.environ.get("MODE", "ok")
+params = json.loads(os.environ["KUBETUNE_PARAMS"])
+value = round(1.0 - abs(math.log10(float(params["lr"])) + 2.0) / 4.0, 6)
+if mode == "wait":
+    go = os.environ["GO_FILE"]
+    while not os.path.exists(go):
+        time.sleep(0.05)
+if mode == "fail":
+    print("Traceback (most recent call last):")
+    print("ValueError: boom in trial", os.environ["KUBETUNE_TRIAL_NUMBER"])
+    sys.exit(3)
+if mode == "noresult":
+    sys.exit(0)
+if "KUBETUNE_REPORT_URL" in os.environ:
+    from kubetune import trial
+    for step in range(3):
+        trial.report(value * (step + 1) / 3, step)
+    trial.complete(value)
+else:
+    path = os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log")
+    with open(path, "w") as f:
+        json.dump({"values": [value]}, f)
+"""
+
+
+def trainer_file(tmp: Path) -> Path:
+    path = tmp / "standin_trainer.py"
+    path.write_text(TRAINER)
+    return path
+
+
+def study_manifest(
+    name: str,
+    trainer: Path,
+    *,
+    max_trials: int = 4,
+    parallelism: int = 2,
+    mode: str = "ok",
+    result: str = "Reporter",
+    extra_env: dict[str, str] | None = None,
+    max_failed: int | None = None,
+    max_retries: int = 2,
+    enqueue: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    env = [{"name": "MODE", "value": mode}]
+    env += [{"name": k, "value": v} for k, v in (extra_env or {}).items()]
+    budget: dict[str, Any] = {"maxTrials": max_trials, "parallelism": parallelism}
+    if max_failed is not None:
+        budget["maxFailedTrials"] = max_failed
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": name},
+        "spec": {
+            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
+            "searchSpace": [
+                {"name": "lr", "float": {"low": 1.0e-4, "high": 1.0, "log": True}},
+                {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
+            ],
+            "sampler": {"type": "Random", "seed": 1},
+            "budget": budget,
+            "enqueueTrials": enqueue or [],
+            "trial": {
+                "maxRetries": max_retries,
+                "activeDeadlineSeconds": 120,
+                "result": {"from": result},
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "trainer",
+                                "image": "standin:1",
+                                "command": ["python", str(trainer)],
+                                "env": env,
+                            }
+                        ]
+                    }
+                },
+            },
+        },
+    }
+
+
+def operator_env(database_url: str, *, resync: float = 2.0) -> dict[str, str]:
+    return {
+        "KUBETUNE_STORAGE_URL": database_url,
+        "KUBETUNE_TOKEN_KEY": "test-key-0123456789abcdef",
+        "KUBETUNE_REPORT_PORT": "0",
+        "KUBETUNE_METRICS_PORT": "-1",
+        "KUBETUNE_RESYNC_SECONDS": str(resync),
+        "KUBETUNE_IMAGE_PULL_GRACE_SECONDS": "2",
+    }
+
+
+def run_operator_thread(namespace: str | None = None) -> Any:
+    """kopf for real, in a thread, with ``kubetune.handlers`` (config from the environment)."""
+    return run_kopf("module:kubetune.handlers", namespace=namespace, timeout=60)
+
+
+def operator_process(cluster: Cluster, database_url: str, log: Path) -> OperatorProcess:
+    """The operator as a child process (report API on a fixed free port, since it restarts)."""
+    from harness.postgres import free_port
+
+    env = operator_env(database_url)
+    env["KUBETUNE_REPORT_PORT"] = str(free_port())
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2] / "operator"), os.environ.get("PYTHONPATH", "")]
+    )
+    return OperatorProcess("module:kubetune.handlers", cluster.kubeconfig, env=env, log=log)
+
+
+def status(cluster: Cluster, name: str, namespace: str = "default") -> dict[str, Any]:
+    obj = cluster.api.find("tuningstudies", name, namespace)
+    return dict((obj or {}).get("status") or {})
+
+
+def condition(
+    cluster: Cluster, name: str, ctype: str, namespace: str = "default"
+) -> dict[str, Any]:
+    for c in status(cluster, name, namespace).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def wait_state(
+    cluster: Cluster, name: str, state: str, namespace: str = "default", timeout: float = 40.0
+) -> dict[str, Any]:
+    cluster.api.wait_for(
+        lambda: status(cluster, name, namespace).get("state") == state,
+        timeout=timeout,
+        message=f"study {namespace}/{name} never reached {state}",
+    )
+    return status(cluster, name, namespace)
+
+
+def events(cluster: Cluster, name: str, namespace: str = "default") -> list[dict[str, Any]]:
+    return [
+        e
+        for e in cluster.api.list("events", namespace)
+        if (e.get("involvedObject") or {}).get("name") == name
+    ]
+
+
+def jobs(cluster: Cluster, name: str, namespace: str = "default") -> list[dict[str, Any]]:
+    return cluster.api.list("jobs", namespace, label_selector=f"kubetune.io/study={name}")
+
+
+def optuna_trials(database_url: str, study_status: dict[str, Any]) -> list[Any]:
+    study = optuna.load_study(study_name=study_status["optunaStudyName"], storage=database_url)
+    return study.get_trials(deepcopy=False)
+
+
+def by_state(trials: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+class ActiveJobTracker:
+    """Records the most trial Jobs of one study active at once, from the API's own events."""
+
+    def __init__(self, cluster: Cluster, study: str) -> None:
+        self.study = study
+        self.active: set[str] = set()
+        self.max_active = 0
+        cluster.api.add_listener(self._on_event)
+
+    def _on_event(self, key: str, kind: str, obj: dict[str, Any], old: Any) -> None:
+        meta = obj.get("metadata") or {}
+        if obj.get("kind") != "Job":
+            return
+        if (meta.get("labels") or {}).get("kubetune.io/study") != self.study:
+            return
+        name = str(meta.get("name"))
+        done = any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in (obj.get("status") or {}).get("conditions") or []
+        )
+        if kind == "DELETED" or done:
+            self.active.discard(name)
+        else:
+            self.active.add(name)
+        self.max_active = max(self.max_active, len(self.active))
+
+
+def terminal_states() -> tuple[TrialState, ...]:
+    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+__all__ = [
+    "ActiveJobTracker",
+    "Iterator",
+    "by_state",
+    "condition",
+    "events",
+    "jobs",
+    "operator_env",
+    "operator_process",
+    "optuna_trials",
+    "run_operator_thread",
+    "status",
+    "study_manifest",
+    "terminal_states",
+    "trainer_file",
+    "wait_state",
+]

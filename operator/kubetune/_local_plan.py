@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.ledger import normalise_storage_url
 from kubetune.search_space import param_env
 
 __all__ = [
@@ -223,15 +224,3 @@ def parse_termination_message(text: str, n_objectives: int) -> list[float]:
 def tail(data: bytes, limit: int = 2048) -> str:
     """The last ``limit`` bytes as text (undecodable bytes replaced)."""
     return data[-limit:].decode("utf-8", "replace")
-
-
-def normalise_storage_url(url: str, *, have_psycopg3: bool) -> str:
-    """``postgresql://`` -> ``postgresql+psycopg2://`` when psycopg 3 is not installed.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, while kubetune depends on
-    psycopg2-binary; a URL naming its driver is left alone.
-    """
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in {"postgresql", "postgres"} and not have_psycopg3:
-        return f"postgresql+psycopg2://{rest}"
-    return url

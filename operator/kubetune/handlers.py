@@ -76,6 +76,9 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: How long a created Job may stay unseen in the index before it counts as missing.
 EXPECTATION_SECONDS = 60.0
+#: After a start, the report API answers 503 (retry) rather than 404 for a study it has not
+#: opened yet: kopf has not listed the TuningStudies so far, and trainers must not give up.
+STARTUP_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 30
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -211,6 +214,12 @@ class Runtime:
     backoff: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
     runners: list[web.AppRunner] = dataclasses.field(default_factory=list)
     ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: TuningStudies (namespace, name) kopf told us about and not deleted since.
+    known: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    #: (namespace, name) -> GPUs per trial pod, from the last reconciled spec.
+    gpus: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     def wakeup(self, namespace: str, label: str) -> asyncio.Event:
         return self.wakeups.setdefault((namespace, label), asyncio.Event())
@@ -280,7 +289,7 @@ async def startup(**kwargs: Any) -> None:
         rt.ports["metrics"] = port
     if config.report_port >= 0:
         app = create_report_app(
-            rt.ledger.resolve,
+            functools.partial(_resolve, rt),
             rt.signer,
             executor=rt.executor,
             on_event=functools.partial(_on_report_event, rt),
@@ -307,6 +316,22 @@ async def cleanup(**kwargs: Any) -> None:
     logger.info("Stopped kubetune operator")
 
 
+def _resolve(rt: Runtime, namespace: str, name: str) -> optuna.Study | None:
+    """The report API's resolver: the opened study, else "retry later" while it may open.
+
+    A restarted operator opens each study on its first reconcile; until then a trainer's
+    report must be retried (503), not refused (404), or the SDK would give up on the trial.
+    """
+    study = rt.ledger.resolve(namespace, name)
+    if study is None and (
+        (namespace, name) in rt.known or time.monotonic() - rt.started < STARTUP_GRACE_SECONDS
+    ):
+        raise optuna.exceptions.StorageInternalError(
+            f"study {namespace}/{name} is not opened yet by this operator"
+        )
+    return study
+
+
 def _on_report_event(
     rt: Runtime, kind: str, namespace: str, study: str, number: int | None, **fields: Any
 ) -> None:
@@ -314,11 +339,69 @@ def _on_report_event(
     if kind == "request":
         rt.metrics.report_request(str(fields.get("action", "")), int(fields.get("code", 0)))
     elif kind == "trial_finished":
-        rt.metrics.trial_finished(
-            namespace, study, str(fields.get("state", "")), duration_seconds=0.0
-        )
+        state = str(fields.get("state", ""))
+        if number is None:
+            rt.metrics.trial_finished(namespace, study, state, duration_seconds=0.0)
+        else:
+            # The duration and GPU-seconds come from the ledger (blocking): count off the loop.
+            task = asyncio.get_running_loop().create_task(
+                _count_reported_finish(rt, namespace, study, number, state)
+            )
+            rt.tasks.add(task)
+            task.add_done_callback(rt.tasks.discard)
         rt.metrics.record_progress(namespace, study, time.time())
         rt.wake(namespace, study_label(study))
+
+
+def _reported_usage(study: optuna.Study, number: int, gpus: float) -> tuple[float, float, float]:
+    """(duration, GPU-seconds, GPU-seconds saved) of a trial the report API just finished.
+
+    Duration is ``datetime_complete - datetime_start`` (all attempts); GPU-seconds are that
+    times the pod's GPUs (its Job has not ended yet, so Job times are not known); a pruned
+    trial saved what a mean COMPLETE trial took beyond it.
+    """
+    durations: dict[int, float] = {}
+    states: dict[int, optuna.trial.TrialState] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            durations[t.number] = max(0.0, (t.datetime_complete - t.datetime_start).total_seconds())
+        states[t.number] = t.state
+    duration = durations.get(number, 0.0)
+    used = duration * gpus
+    saved = 0.0
+    if states.get(number) == optuna.trial.TrialState.PRUNED:
+        full = [d for n, d in durations.items() if states[n] == optuna.trial.TrialState.COMPLETE]
+        if full:
+            saved = max(0.0, sum(full) / len(full) * gpus - used)
+    return duration, used, saved
+
+
+async def _count_reported_finish(
+    rt: Runtime, namespace: str, name: str, number: int, state: str
+) -> None:
+    duration = used = saved = 0.0
+    study = rt.ledger.resolve(namespace, name)
+    if study is not None:
+        try:
+            duration, used, saved = await rt.db(
+                _reported_usage, study, number, rt.gpus.get((namespace, name), 0.0)
+            )
+        except Exception as e:  # a metric must not break anything: count it without times
+            logger.warning(
+                "Could not read trial times study=%s/%s trial=%d error=%s",
+                namespace,
+                name,
+                number,
+                type(e).__name__,
+            )
+    rt.metrics.trial_finished(
+        namespace,
+        name,
+        state,
+        duration_seconds=duration,
+        gpu_seconds=used,
+        gpu_seconds_saved=saved,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +443,11 @@ async def pod_event(**kwargs: Any) -> None:
 async def study_event(**kwargs: Any) -> None:
     rt = getattr(kwargs["memo"], "runtime", None)
     if isinstance(rt, Runtime):
+        key = (str(kwargs["namespace"]), str(kwargs["name"]))
+        if (kwargs.get("type") or "") == "DELETED":
+            rt.known.discard(key)
+        else:
+            rt.known.add(key)
         rt.wake(kwargs["namespace"], study_label(str(kwargs["name"])))
 
 
@@ -520,6 +608,7 @@ async def reconcile_study(
         await _invalid(rt, body, str(e))
         return rt.config.resync_seconds
     spec = ts.spec
+    rt.gpus[key] = spec.trial.gpus()
 
     # Jobs first, then the ledger: a Job seen Succeeded implies its report already landed.
     jobs, pods_by_job = _observe(
@@ -692,7 +781,12 @@ async def _apply(
                 rec = snap.trial(a.trial)
                 started = rec.datetime_start if rec is not None else None
                 duration = (_now() - started).total_seconds() if started else 0.0
-                rt.metrics.trial_finished(namespace, name, a.state, duration_seconds=duration)
+                settled = [u.gpu_seconds for u in usage if u.trial == a.trial]
+                prior = snap.usage.get(a.trial)
+                gpu = settled[-1] if settled else (prior.gpu_seconds if prior else 0.0)
+                rt.metrics.trial_finished(
+                    namespace, name, a.state, duration_seconds=duration, gpu_seconds=gpu
+                )
                 rt.metrics.record_progress(namespace, name, time.time())
                 logger.info(
                     "Told trial result study=%s/%s trial=%d state=%s reason=%s",
@@ -843,5 +937,7 @@ async def study_deleted(**kwargs: Any) -> None:
             continue
         await asyncio.to_thread(rt.api.delete_job, namespace, str(meta.get("name")))
     rt.ledger.forget(namespace, name)
+    rt.known.discard((namespace, name))
+    rt.gpus.pop((namespace, name), None)
     rt.metrics.forget_study(namespace, name)
     rt.wakeups.pop((namespace, study_label(name)), None)

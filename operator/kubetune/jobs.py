@@ -115,6 +115,27 @@ def _trainer_index(containers: Sequence[Mapping[str, Any]], wanted: str | None) 
     return 0
 
 
+def _with_string_quantities(container: dict[str, Any]) -> dict[str, Any]:
+    """Resource quantities as strings: YAML's ``nvidia.com/gpu: 1`` is an int, which the API
+    server accepts but the typed ``kubernetes`` client refuses to send."""
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return container
+    fixed: dict[str, Any] = dict(resources)
+    for part in ("limits", "requests"):
+        amounts = resources.get(part)
+        if isinstance(amounts, Mapping):
+            fixed[part] = {k: v if isinstance(v, str) else _quantity(v) for k, v in amounts.items()}
+    container["resources"] = fixed
+    return container
+
+
+def _quantity(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def render_job(
     study_manifest_meta: Mapping[str, Any],
     spec: TuningStudySpec,
@@ -148,7 +169,7 @@ def render_job(
     template["metadata"] = tmeta
     pod = dict(template["spec"])
     pod["restartPolicy"] = "Never"
-    containers = [dict(c) for c in pod["containers"]]
+    containers = [_with_string_quantities(dict(c)) for c in pod["containers"]]
     trainer = _trainer_index(containers, spec.trial.container_name)
 
     env: dict[str, str] = dict(param_env(dict(params)))

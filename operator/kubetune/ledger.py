@@ -19,6 +19,7 @@ What the ledger records beyond Optuna's own fields:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import threading
@@ -49,6 +50,7 @@ __all__ = [
     "USAGE_ATTR",
     "Ledger",
     "make_storage",
+    "normalise_storage_url",
     "optuna_study_name",
     "snapshot",
 ]
@@ -77,10 +79,29 @@ def optuna_study_name(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}.{name}.{uid}"
 
 
+def normalise_storage_url(url: str, *, have_psycopg3: bool | None = None) -> str:
+    """``postgresql://`` -> ``postgresql+psycopg2://`` when psycopg 3 is not installed.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, while kubetune depends on
+    psycopg2-binary; a URL naming its driver is left alone. ``have_psycopg3`` defaults to
+    whether the ``psycopg`` package is importable.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in {"postgresql", "postgres"}:
+        return url
+    if have_psycopg3 is None:
+        have_psycopg3 = importlib.util.find_spec("psycopg") is not None
+    return url if have_psycopg3 else f"postgresql+psycopg2://{rest}"
+
+
 def make_storage(
     url: str, *, pool_size: int = 4, max_overflow: int = 4
 ) -> optuna.storages.BaseStorage:
-    """One RDB storage with a small pool (``pool_size + max_overflow`` connections at most)."""
+    """One RDB storage with a small pool (``pool_size + max_overflow`` connections at most).
+
+    A bare ``postgresql://`` URL is pointed at the driver we ship (:func:`normalise_storage_url`).
+    """
+    url = normalise_storage_url(url)
     if url.startswith("sqlite"):
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
     else:

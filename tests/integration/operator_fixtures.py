@@ -212,18 +212,98 @@ def terminal_states() -> tuple[TrialState, ...]:
     return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+# -- Added for the end-to-end scenarios (test_operator_e2e.py, test_operator_prometheus.py) ----
+
+CURVE_TRAINER = r"""
+import json, math, os, sys, time
+from pathlib import Path
+from kubetune import trial
+params = json.loads(os.environ["KUBETUNE_PARAMS"])
+number = os.environ["KUBETUNE_TRIAL_NUMBER"]
+value = round(1.0 - abs(math.log10(float(params["lr"])) + 2.0) / 4.0, 6)
+steps = int(os.environ.get("STEPS", "4"))
+pause = float(os.environ.get("STEP_SECONDS", "0.3"))
+progress = os.environ.get("PROGRESS_DIR")
+gate = os.environ.get("GATE_FILE")
+gate_after = int(os.environ.get("GATE_AFTER_STEP", "-1"))
+if os.environ.get("MODE") == "fail" or number in os.environ.get("FAIL_TRIALS", "").split(","):
+    print("ValueError: boom in trial", number)
+    sys.exit(3)
+for step in range(steps):
+    if trial.report(value, step):
+        trial.pruned()
+        sys.exit(0)
+    if progress:
+        Path(progress, f"{number}.{step}").touch()
+    if step == gate_after and gate:
+        while not os.path.exists(gate):
+            time.sleep(0.05)
+    time.sleep(pause)
+trial.complete(value)
+"""
+
+
+def curve_trainer_file(tmp: Path) -> Path:
+    """A Reporter-mode stand-in: reports its (constant) value at ``STEPS`` steps, obeys the
+    pruner, optionally waits for ``GATE_FILE`` after step ``GATE_AFTER_STEP``, marks each
+    reported step as a file ``<trial>.<step>`` in ``PROGRESS_DIR``; ``MODE=fail`` (or the trial's
+    number in the comma list ``FAIL_TRIALS``) exits 3 at once.
+
+    Its value is ``1 - |log10(lr) + 2| / 4``: ``lr=0.01`` gives 1.0, ``lr=1e-4`` gives 0.5.
+    """
+    path = tmp / "curve_trainer.py"
+    path.write_text(CURVE_TRAINER)
+    return path
+
+
+def operator_process_on(
+    cluster: Cluster,
+    database_url: str,
+    log: Path,
+    *,
+    report_port: int,
+    metrics_port: int = -1,
+    resync: float = 2.0,
+) -> OperatorProcess:
+    """The operator as a child process on fixed ports, so a restart keeps the report URL."""
+    env = operator_env(database_url, resync=resync)
+    env["KUBETUNE_REPORT_PORT"] = str(report_port)
+    env["KUBETUNE_METRICS_PORT"] = str(metrics_port)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2] / "operator"), os.environ.get("PYTHONPATH", "")]
+    )
+    return OperatorProcess("module:kubetune.handlers", cluster.kubeconfig, env=env, log=log)
+
+
+def stored_pod_envs(cluster: Cluster, name: str, namespace: str = "default") -> list[str]:
+    """Every env entry (as text) of the study's stored Jobs and Pods, all containers."""
+    out: list[str] = []
+    objects = jobs(cluster, name, namespace) + cluster.api.list(
+        "pods", namespace, label_selector=f"kubetune.io/study={name}"
+    )
+    for obj in objects:
+        spec = (obj["spec"].get("template") or {}).get("spec") or obj["spec"]
+        for c in [*spec.get("containers", []), *spec.get("initContainers", [])]:
+            out += [str(e) for e in c.get("env") or []]
+            out += [str(e) for e in c.get("envFrom") or []]
+    return out
+
+
 __all__ = [
     "ActiveJobTracker",
     "Iterator",
     "by_state",
     "condition",
+    "curve_trainer_file",
     "events",
     "jobs",
     "operator_env",
     "operator_process",
+    "operator_process_on",
     "optuna_trials",
     "run_operator_thread",
     "status",
+    "stored_pod_envs",
     "study_manifest",
     "terminal_states",
     "trainer_file",

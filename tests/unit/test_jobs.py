@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -141,7 +142,7 @@ def test_job_labels_owner_and_failure_rules() -> None:
     assert pod["metadata"]["labels"]["team"] == "vision"
     assert pod["metadata"]["labels"][LABEL_TRIAL] == "7"
     limits = pod["spec"]["containers"][0]["resources"]["limits"]
-    assert limits == {"nvidia.com/gpu": 2}
+    assert limits == {"nvidia.com/gpu": "2"}  # sent as a quantity string
 
 
 def test_env_carries_params_and_reporter_token_but_never_storage() -> None:
@@ -374,3 +375,28 @@ def test_termination_message_parsing(text: str | None, ok: bool) -> None:
     assert isinstance(result, list) == ok
     if not ok:
         assert isinstance(result, str) and result
+
+
+def test_numeric_resource_quantities_are_sent_as_strings() -> None:
+    """`nvidia.com/gpu: 1` in YAML is an int; the kubernetes client refuses non-string
+    quantities, which once kept a GPU study from launching any trial."""
+    from kubetune.spec import load_manifest
+
+    ts = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "gpu-cnn-study.yaml")
+    job = render_job(
+        ts.metadata.model_dump(exclude_none=True),
+        ts.spec,
+        0,
+        0,
+        {"lr": 0.1},
+        report_url="http://r",
+        token="t",
+        optuna_study_name="s",
+    )
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"nvidia.com/gpu": "1", "memory": "16Gi"}
+    # The template the user wrote is left as it was.
+    assert (
+        ts.spec.trial.template["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        == 1
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from kubetune.ledger import (
     SPEC_HASH_ATTR,
     Ledger,
     make_storage,
+    normalise_storage_url,
     optuna_study_name,
 )
 from kubetune.reconcile import RecordUsage, spec_hash
@@ -158,3 +160,26 @@ def test_connection_pool_stays_small(fresh_database: str) -> None:
     engine = storage.engine  # type: ignore[attr-defined]
     assert engine.pool.size() == 2
     assert engine.pool.checkedout() == 0
+
+
+def test_bare_postgresql_urls_use_the_shipped_driver() -> None:
+    url = "postgresql://u:p@h:5432/db"
+    assert normalise_storage_url(url, have_psycopg3=False) == "postgresql+psycopg2://u:p@h:5432/db"
+    assert normalise_storage_url(url, have_psycopg3=True) == url
+    assert normalise_storage_url("postgres://h/db", have_psycopg3=False).startswith(
+        "postgresql+psycopg2://"
+    )
+    for other in ("postgresql+psycopg2://h/db", "sqlite:///x.db", "mysql://h/db", "nonsense"):
+        assert normalise_storage_url(other, have_psycopg3=False) == other
+
+
+def test_make_storage_opens_a_bare_postgresql_url(fresh_database: str) -> None:
+    """What users paste from a Secret (``postgresql://...``) works with psycopg2 alone."""
+    bare = "postgresql://" + fresh_database.partition("://")[2]
+    assert bare != fresh_database
+    storage = make_storage(bare, pool_size=2, max_overflow=0)
+    engine = storage.engine  # type: ignore[attr-defined]
+    assert engine.dialect.driver == (
+        "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+    )
+    assert optuna.get_all_study_names(storage=storage) == []

@@ -155,6 +155,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         report_port=args.report_port,
+        log_format=args.log_format,
     )
     return 0
 
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8080)
     p.add_argument("--health-port", type=int, default=8081)
     p.add_argument("--report-port", type=int, default=8082)
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_operator)
     return parser
 

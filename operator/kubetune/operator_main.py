@@ -7,7 +7,6 @@ the command line in the chart (it would show in ``ps``).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -28,10 +27,17 @@ def run_operator(
     metrics_port: int = 8080,
     health_port: int = 8081,
     report_port: int = 8082,
+    log_format: str = "text",
 ) -> None:
-    """Run the operator until SIGTERM; ``/healthz`` on ``health_port`` is kopf's liveness."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    """Run the operator until SIGTERM; ``/healthz`` on ``health_port`` is kopf's liveness.
+
+    ``log_format`` is ``text`` (key=value sentences) or ``json`` (one object a line, for log
+    pipelines); both come from kopf's own formatter so kopf's lines and ours look alike.
+    """
+    kopf.configure(
+        verbose=False,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
     )
     url = storage_url or os.environ.get("KUBETUNE_STORAGE_URL", "")
     key = token_key if token_key is not None else os.environ.get("KUBETUNE_TOKEN_KEY", "")

@@ -1,0 +1,184 @@
+"""The benchmarks must not rot: run each one's smallest configuration and check its result.
+
+No timing is asserted (figures depend on the machine); what is checked is that every script
+runs end to end, prints and writes a parseable result with its conditions, and that the
+figures it computes are consistent (every trial told, every launch paired, no study starved).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import _common  # noqa: E402
+
+CONDITION_KEYS = {"date", "machine", "cpu_count", "python", "optuna", "torch", "storage"}
+
+
+def _written(out: Path, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    assert set(result["conditions"]) >= CONDITION_KEYS
+    assert result["benchmark"] == name
+    return result
+
+
+# ---- pure helpers ---------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert _common.percentile(values, 50) == 3.0
+    assert _common.percentile(values, 0) == 1.0
+    assert _common.percentile(values, 100) == 5.0
+    assert _common.percentile(values, 25) == 2.0
+    assert _common.percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert math.isnan(_common.percentile([], 50))
+
+
+def test_results_are_strict_json_without_secrets(tmp_path: Path) -> None:
+    path = _common.write_result(tmp_path, "x", {"nan": math.nan, "nested": [math.inf, 1.0]})
+    assert json.loads(path.read_text()) == {"nan": None, "nested": [None, 1.0]}
+    assert len(list(tmp_path.glob("x-*.json"))) == 1
+    kind = _common.storage_kind("postgresql+psycopg2://kubetune:hunter2@127.0.0.1:5/db")
+    assert "hunter2" not in kind and kind.startswith("postgresql+psycopg2")
+
+
+def test_histogram_quantiles_follow_prometheus() -> None:
+    from benchmarks import _cluster
+
+    text = "\n".join(
+        [
+            "# TYPE h histogram",
+            'h_bucket{le="0.1",s="a"} 5',
+            'h_bucket{le="1.0",s="a"} 10',
+            'h_bucket{le="+Inf",s="a"} 10',
+            'h_sum{s="a"} 3.0',
+            'h_count{s="a"} 10',
+            'h_bucket{le="0.1",s="b"} 5',
+            'h_bucket{le="1.0",s="b"} 10',
+            'h_bucket{le="+Inf",s="b"} 10',
+            'h_sum{s="b"} 3.0',
+            'h_count{s="b"} 10',
+        ]
+    )
+    h = _cluster.histogram(text, "h")
+    assert h["count"] == 20 and h["mean"] == pytest.approx(0.3)
+    assert h["p50"] == pytest.approx(0.1)  # rank 10 of 20 sits on the first bucket's edge
+    assert h["p95"] == pytest.approx(0.1 + 0.9 * (19 - 10) / 10)
+    assert math.isnan(_cluster.histogram("", "h")["p50"])
+
+
+def test_launch_latency_pairs_the_kth_completion_with_job_k_plus_parallelism() -> None:
+    from benchmarks._cluster import Timeline
+
+    t = Timeline()
+    t.created["ns/s"] = [0.0, 0.0, 1.2, 2.5]
+    t.completed["ns/s"] = [1.0, 2.0, 3.0, 4.0]
+    assert t.launch_latencies(2, "ns/s") == pytest.approx([0.2, 0.5])
+
+
+def test_scale_admits_round_robin_across_studies() -> None:
+    from benchmarks.scale import _round_robin
+
+    jobs = [("a", "ns", "a-0"), ("a", "ns", "a-1"), ("a", "ns", "a-2"), ("b", "ns", "b-0")]
+    assert _round_robin(jobs) == [("ns", "a-0"), ("ns", "b-0"), ("ns", "a-1"), ("ns", "a-2")]
+
+
+# ---- the benchmarks, smallest size ----------------------------------------------------------
+
+
+def test_trainer_throughput_smoke(tmp_path: Path) -> None:
+    from benchmarks import trainer_throughput
+
+    trainer_throughput.main(["--smoke", "--out", str(tmp_path)])
+    result = _written(tmp_path, "trainer_throughput")
+    (row,) = result["results"]
+    assert row["samples_per_s"] > 0 and row["samples"] > 0 and row["device"] == "cpu"
+    startup = result["process_startup"]
+    assert startup["exit_code"] == 0, startup["stderr_tail"]
+    assert startup["termination_message"]["values"][0] > 0
+
+
+def test_pruning_savings_smoke(tmp_path: Path) -> None:
+    from benchmarks import pruning_savings
+
+    pruning_savings.main(["--smoke", "--out", str(tmp_path)])
+    result = _written(tmp_path, "pruning_savings")
+    assert {r["pruner"] for r in result["runs"]} == {"None", "Median", "Hyperband"}
+    for run in result["runs"]:
+        assert run["trials"] == 4 and run["failed"] == 0
+        assert run["complete"] + run["pruned"] == 4
+        assert 0 < run["best_value"] <= 1 and run["epochs"] >= 4
+    assert result["summary"]["None"]["seconds_saved_mean"] == 0
+
+
+def test_run_all_writes_the_summary(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run_all"),
+            "--smoke",
+            "--only",
+            "trainer_throughput",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "latest.json").read_text())
+    entry = summary["benchmarks"]["trainer_throughput"]
+    assert entry["exit_code"] == 0 and entry["summary"]["trial_startup_seconds"] is not None
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run_all"), "--only", "nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "unknown benchmark" in bad.stderr
+
+
+@pytest.mark.slow
+def test_control_plane_overhead_smoke(postgres_server: Any) -> None:
+    from benchmarks import control_plane_overhead
+
+    result = control_plane_overhead.run("smoke", pg=postgres_server)
+    (row,) = result["results"]
+    assert row["operator"]["done"], row
+    assert row["operator"]["finished"] == row["raw"]["trials"] == 4
+    assert row["raw"]["trials_per_s"] > 0 and row["ratio"] > 0
+    assert 0 < row["operator"]["db_connections"] <= 10
+
+
+@pytest.mark.slow
+def test_launch_latency_smoke(postgres_server: Any) -> None:
+    from benchmarks import launch_latency
+
+    result = launch_latency.run("smoke", pg=postgres_server)
+    (row,) = result["results"]
+    assert row["study"]["finished"] == 6
+    assert row["samples"] == 6 - 2  # every freed slot but the last two was refilled
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+
+
+@pytest.mark.slow
+def test_scale_smoke(postgres_server: Any) -> None:
+    from benchmarks import scale
+
+    result = scale.run("smoke", pg=postgres_server)
+    (row,) = result["results"]
+    assert row["filled"] and row["all_progressed"] and row["refilled"], row["operator_log_tail"]
+    assert row["starved"] == [] and row["finished_min"] >= 2
+    assert row["rss_mib_max"] > 0 and row["db_connections_max"] >= 1

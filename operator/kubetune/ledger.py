@@ -157,10 +157,23 @@ def _usage(raw: Any) -> dict[int, TrialUsage]:
     return out
 
 
-def snapshot(study: optuna.Study) -> LedgerSnapshot:
-    """The whole study as plain data for the pure reconcile."""
+def snapshot(study: optuna.Study, finished: dict[int, TrialRecord] | None = None) -> LedgerSnapshot:
+    """The whole study as plain data for the pure reconcile.
+
+    ``finished`` caches the records of finished trials (number -> record) between calls:
+    finished trials never change, so only RUNNING/WAITING and new trials are converted again.
+    Optuna's cached storage already reads only those from the database.
+    """
     attrs = study.user_attrs
-    trials = tuple(_record(t) for t in study.get_trials(deepcopy=False))
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        rec = finished.get(t.number) if finished is not None else None
+        if rec is None:
+            rec = _record(t)
+            if finished is not None and t.state.is_finished():
+                finished[t.number] = rec
+        records.append(rec)
+    trials = tuple(records)
     return LedgerSnapshot(
         study_name=study.study_name,
         trials=trials,
@@ -177,6 +190,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._studies: dict[str, optuna.Study] = {}
         self._names: dict[tuple[str, str], str] = {}
+        #: (study id, trial number) -> trial id; never changes once the trial exists.
+        self._ids: dict[tuple[int, int], int] = {}
+        #: study id -> finished trials' records (immutable, see :func:`snapshot`).
+        self._finished: dict[int, dict[int, TrialRecord]] = {}
 
     @property
     def storage(self) -> optuna.storages.BaseStorage:
@@ -232,8 +249,12 @@ class Ledger:
         """Drop the cached study (the TuningStudy was deleted); the database keeps it."""
         with self._lock:
             study_name = self._names.pop((namespace, name), None)
-            if study_name is not None:
-                self._studies.pop(study_name, None)
+            study = self._studies.pop(study_name, None) if study_name is not None else None
+            if study is not None:
+                sid = study._study_id
+                self._finished.pop(sid, None)
+                for key in [k for k in list(self._ids) if k[0] == sid]:
+                    self._ids.pop(key, None)
 
     def resolve(self, namespace: str, name: str) -> optuna.Study | None:
         """The report API's resolver: the study this operator manages for ``namespace/name``."""
@@ -242,10 +263,18 @@ class Ledger:
             return self._studies.get(study_name) if study_name else None
 
     def snapshot(self, study: optuna.Study) -> LedgerSnapshot:
-        return snapshot(study)
+        with self._lock:
+            finished = self._finished.setdefault(study._study_id, {})
+        # One reconcile pass per study at a time: the per-study cache is not shared across
+        # threads concurrently (a race would only convert a record twice).
+        return snapshot(study, finished)
 
     def _trial_id(self, study: optuna.Study, number: int) -> int:
-        tid: int = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        key = (study._study_id, number)
+        tid = self._ids.get(key)
+        if tid is None:
+            tid = int(study._storage.get_trial_id_from_study_id_trial_number(key[0], number))
+            self._ids[key] = tid
         return tid
 
     def ask(self, study: optuna.Study, spec: TuningStudySpec) -> tuple[int, dict[str, Any]]:
@@ -255,6 +284,7 @@ class Ledger:
         mid-ask and is failed by the reconcile.
         """
         trial = study.ask()
+        self._ids[(study._study_id, trial.number)] = trial._trial_id
         params = suggest_params(trial, spec)
         study._storage.set_trial_user_attr(trial._trial_id, ATTEMPT_ATTR, 0)
         return trial.number, params
@@ -263,10 +293,12 @@ class Ledger:
         study._storage.set_trial_user_attr(self._trial_id(study, number), ATTEMPT_ATTR, attempt)
 
     def mark_job_created(self, study: optuna.Study, number: int, attempt: int) -> None:
-        """Record that the Job of ``attempt`` exists (a no-op once the trial finished)."""
+        """Record that the Job of ``attempt`` exists (a no-op once the trial finished).
+
+        No state pre-read: Optuna refuses to write to a finished trial, which is the only
+        non-RUNNING state a trial with a Job can be in.
+        """
         tid = self._trial_id(study, number)
-        if study._storage.get_trial(tid).state != TrialState.RUNNING:
-            return
         try:
             study._storage.set_trial_user_attr(tid, JOB_CREATED_ATTR, attempt)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -282,10 +314,13 @@ class Ledger:
         reason: str | None = None,
         message: str = "",
     ) -> bool:
-        """Finish a RUNNING trial; False when it was already finished (e.g. by the report API)."""
+        """Finish a RUNNING trial; False when it was already finished (e.g. by the report API).
+
+        No state pre-read (a transaction per tell): writing to a finished trial raises, and
+        ``study.tell`` refuses a non-RUNNING one; only then is the state read to tell "already
+        finished" from a real error.
+        """
         tid = self._trial_id(study, number)
-        if study._storage.get_trial(tid).state != TrialState.RUNNING:
-            return False
         try:
             if state == "FAIL":
                 if reason:

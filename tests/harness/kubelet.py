@@ -732,7 +732,24 @@ class FakeKubelet:
         self._accounted.add(uid)
         owner = _controller_uid(pod)
         ns = pod["metadata"]["namespace"]
-        job = next((j for j in self.api.list("jobs", ns) if j["metadata"]["uid"] == owner), None)
+        # Look the Job up by the name in the pod's owner reference (one read), not by listing
+        # every Job of the namespace (quadratic at scale); the uid check keeps a re-created Job
+        # of the same name from being charged for an old pod.
+        ref = next(
+            (
+                r
+                for r in pod["metadata"].get("ownerReferences") or []
+                if r.get("kind") == "Job" and r.get("controller")
+            ),
+            {},
+        )
+        if ref.get("name"):
+            found = self.api.find("jobs", ref["name"], ns)
+            job = found if found is not None and found["metadata"]["uid"] == owner else None
+        else:
+            job = next(
+                (j for j in self.api.list("jobs", ns) if j["metadata"]["uid"] == owner), None
+            )
         if job is None or _finished(job):
             return
         spec = job.get("spec") or {}

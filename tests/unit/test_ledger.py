@@ -183,3 +183,30 @@ def test_make_storage_opens_a_bare_postgresql_url(fresh_database: str) -> None:
         "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
     )
     assert optuna.get_all_study_names(storage=storage) == []
+
+
+def test_incremental_snapshot_sees_trials_finished_elsewhere(
+    ledger: Ledger, fresh_database: str
+) -> None:
+    """The snapshot caches finished trials; trials finished by another process (the report
+    API, a second operator after a restart) must still show up, and a tell that lost the race
+    answers False instead of overwriting."""
+    spec = make_spec()
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u")
+    for _ in range(4):
+        ledger.ask(study, spec)
+    assert [t.state for t in ledger.snapshot(study).trials] == ["RUNNING"] * 4
+    other = optuna.load_study(study_name=study.study_name, storage=fresh_database)
+    other.tell(1, 0.5)
+    other.tell(2, state=optuna.trial.TrialState.FAIL)
+    assert ledger.tell(study, 0, "COMPLETE", [0.1])
+    assert not ledger.tell(study, 1, "COMPLETE", [0.2])  # finished elsewhere: unchanged
+    assert not ledger.tell(study, 2, "FAIL", reason="R", message="m")
+    s2 = ledger.snapshot(study)
+    assert [t.state for t in s2.trials] == ["COMPLETE", "COMPLETE", "FAIL", "RUNNING"]
+    assert s2.trials[1].values == (0.5,)
+    ledger.mark_job_created(study, 1, 0)  # finished: a no-op, not an error
+    ledger.mark_job_created(study, 3, 0)
+    s3 = ledger.snapshot(study)
+    assert s3.trials[3].job_created == 0
+    assert s3.trials[0] is s2.trials[0]  # finished records are reused, not rebuilt

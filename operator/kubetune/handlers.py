@@ -541,6 +541,16 @@ async def _invalid(rt: Runtime, body: kopf.Body, message: str) -> None:
     await _patch_status(rt, body, status)
 
 
+def _raw_spec(body: Mapping[str, Any]) -> Any:
+    """The spec as the model should see it: a mapping as a plain dict, anything else as is
+    (a non-object spec, possible where no schema guards the API, must become a clear
+    validation error, not a crash of the reconcile)."""
+    spec = body.get("spec")
+    if spec is None:
+        return {}
+    return dict(spec) if isinstance(spec, Mapping) else spec
+
+
 def _observe(
     rt: Runtime,
     *,
@@ -601,7 +611,7 @@ async def reconcile_study(
                 "apiVersion": body.get("apiVersion"),
                 "kind": body.get("kind"),
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": dict(body.get("spec") or {}),
+                "spec": _raw_spec(body),
             }
         )
     except SpecError as e:
@@ -912,7 +922,7 @@ async def study_deleted(**kwargs: Any) -> None:
                     "apiVersion": body.get("apiVersion"),
                     "kind": body.get("kind"),
                     "metadata": {"name": name, "namespace": namespace},
-                    "spec": dict(body.get("spec") or {}),
+                    "spec": _raw_spec(body),
                 }
             )
             if await rt.db(rt.ledger.exists, namespace=namespace, name=name, uid=uid):
@@ -931,7 +941,8 @@ async def study_deleted(**kwargs: Any) -> None:
         logger.info(
             "Failed running trials of deleted study=%s/%s count=%d", namespace, name, failed
         )
-    for job in trial_jobs.get((namespace, study_label(name)), []):
+    # A copy: the index changes under us while each delete is awaited.
+    for job in list(trial_jobs.get((namespace, study_label(name)), [])):
         meta = job.get("metadata") or {}
         if uid and not any(o.get("uid") == uid for o in meta.get("ownerReferences") or []):
             continue

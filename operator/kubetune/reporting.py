@@ -27,13 +27,14 @@ Rules a caller can rely on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -216,6 +217,18 @@ class _TrialHandle:
         return True
 
 
+@contextlib.contextmanager
+def _finished_meanwhile(handle: _TrialHandle) -> Iterator[None]:
+    """The state check and the write are two transactions: a trial finished in between (by
+    its own complete, or the operator failing it) answers 409 like any finished trial."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        handle.refresh()
+        handle.require_running()
+        raise
+
+
 def _report(handle: _TrialHandle, step: int, value: float) -> _Outcome:
     handle.require_running()
     study = handle.study
@@ -226,11 +239,13 @@ def _report(handle: _TrialHandle, step: int, value: float) -> _Outcome:
     if multi:
         # Optuna has no pruning for multi-objective studies; keep the curve, never prune.
         if known is None:
-            study._storage.set_trial_intermediate_value(handle.trial_id, step, value)
+            with _finished_meanwhile(handle):
+                study._storage.set_trial_intermediate_value(handle.trial_id, step, value)
         return _Outcome(200, {"prune": False})
     trial = optuna.trial.Trial(study, handle.trial_id)
     if known is None:
-        trial.report(value, step)
+        with _finished_meanwhile(handle):
+            trial.report(value, step)
     prune = bool(trial.should_prune())
     events = [("prune_advised", {"step": step})] if prune else []
     return _Outcome(200, {"prune": prune}, events)

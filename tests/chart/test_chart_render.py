@@ -207,9 +207,16 @@ def test_all_namespaces_mode_uses_cluster_rbac_and_flag(render: Render) -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--all-namespaces"]
     assert by_kind(manifests, "ClusterRole") and by_kind(manifests, "ClusterRoleBinding")
     assert not by_kind(manifests, "Role") and not by_kind(manifests, "RoleBinding")
-    # Default: namespaced only, nothing cluster-wide.
+    # Default: namespaced Roles; the only cluster-wide grant is list/watch on CRDs.
     default = render(None)
-    assert not by_kind(default, "ClusterRole") and not by_kind(default, "ClusterRoleBinding")
+    (crd_reader,) = by_kind(default, "ClusterRole")
+    assert crd_reader["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["list", "watch"],
+        }
+    ]
 
 
 def test_one_role_per_watched_namespace(render: Render) -> None:
@@ -296,14 +303,14 @@ def test_rbac_is_least_privilege(render: Render, values: Path | None) -> None:
     assert not {g for g in granted if g[2] in {"escalate", "bind", "impersonate"}}
     expected = {
         *(("kubetune.io", "tuningstudies", v) for v in ("get", "list", "watch", "patch")),
-        *(("kubetune.io", "tuningstudies/status", v) for v in ("get", "patch", "update")),
-        *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete", "patch")),
+        *(("kubetune.io", "tuningstudies/status", v) for v in ("get", "patch")),
+        *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")),
         *(("", "pods", v) for v in ("get", "list", "watch")),
         ("", "pods/log", "get"),
         ("", "events", "create"),
-        ("", "events", "patch"),
-        ("events.k8s.io", "events", "create"),
-        ("events.k8s.io", "events", "patch"),
+        # kopf's resource observer, cluster-scoped in every mode.
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     }
     assert granted == expected
 

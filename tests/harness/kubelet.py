@@ -735,7 +735,7 @@ class FakeKubelet:
         # Look the Job up by the name in the pod's owner reference (one read), not by listing
         # every Job of the namespace (quadratic at scale); the uid check keeps a re-created Job
         # of the same name from being charged for an old pod.
-        ref = next(
+        ref: dict[str, Any] = next(
             (
                 r
                 for r in pod["metadata"].get("ownerReferences") or []

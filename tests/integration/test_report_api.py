@@ -694,3 +694,21 @@ def test_a_failing_event_hook_does_not_break_answers(storage: Any, studies: Stud
     finally:
         srv.stop()
     assert snapshot(study, number)[:2] == (TrialState.COMPLETE, [0.2])
+
+
+def test_report_racing_a_finish_answers_409_not_500(tmp_path: Path) -> None:
+    """The running check and the write are separate transactions; a trial finished in between
+    must answer like any finished trial (409), not with a server error."""
+    import optuna
+
+    from kubetune import reporting
+
+    storage = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(storage=storage, study_name="race")
+    trial = study.ask()
+    handle = reporting._TrialHandle(study, trial.number, 0)
+    study.tell(trial.number, 0.5)  # finished after the handle's state was read
+    with pytest.raises(reporting._Reply) as err:
+        reporting._report(handle, 0, 0.1)
+    assert err.value.status == 409
+    assert study.trials[0].intermediate_values == {}

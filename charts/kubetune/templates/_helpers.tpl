@@ -148,15 +148,17 @@ Only what the operator calls. No access to Secrets: the operator gets its own Se
 environment variables. tests/chart/rbac.py reads these rules back for the RBAC test.
 */}}
 {{- define "kubetune.rbacRules" -}}
+{{- /* Exactly what the operator calls (tests/reliability/test_security.py compares this with
+       the API requests of a real run); "get" beside "list" is the only unused grant. */}}
 - apiGroups: ["kubetune.io"]
   resources: ["tuningstudies"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubetune.io"]
   resources: ["tuningstudies/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "delete", "patch"]
+  verbs: ["create", "get", "list", "watch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
@@ -165,8 +167,5 @@ environment variables. tests/chart/rbac.py reads these rules back for the RBAC t
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}

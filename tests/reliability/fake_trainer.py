@@ -1,0 +1,61 @@
+"""A stand-in trainer for reliability tests: the real SDK, no PyTorch, a few hundred ms.
+
+The value is a deterministic function of the parameters, so a trial told twice or a result
+lost would show up as a count mismatch, not as noise. Options (argv): ``--steps N``,
+``--sleep S`` (seconds per step), ``--exit CODE`` (a user error after the steps).
+Reporter mode uses ``kubetune.trial``; TerminationMessage mode writes the message file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from kubetune import trial
+
+
+def value_of(params: dict[str, object]) -> float:
+    """A smooth function of the numeric parameters; categoricals add a fixed offset."""
+    total = 0.0
+    for key in sorted(params):
+        v = params[key]
+        if isinstance(v, bool):
+            total += 0.5 if v else 0.0
+        elif isinstance(v, int | float):
+            total += float(v) % 7.0
+        else:
+            total += (sum(map(ord, str(v))) % 13) / 13.0
+    return round(total, 6)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.1)
+    parser.add_argument("--exit", type=int, default=0)
+    args = parser.parse_args(argv)
+    params = trial.params()
+    final = value_of(params)
+    reporter = bool(os.environ.get("KUBETUNE_REPORT_URL"))
+    for step in range(args.steps):
+        time.sleep(args.sleep)
+        if reporter and trial.report(final * (step + 1) / args.steps, step):
+            trial.pruned()
+            return 0
+    if args.exit:
+        print(f"fake trainer failing on purpose with exit code {args.exit}", file=sys.stderr)
+        return int(args.exit)
+    if reporter:
+        trial.complete(final)
+    else:
+        path = os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log")
+        with open(path, "w") as out:
+            json.dump({"values": [final]}, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -185,7 +185,7 @@ def test_operator_deployment_follows_the_contract(render: Render) -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == [f"--namespace={NAMESPACE}"]
+    assert container["args"] == [f"--namespace={NAMESPACE}", "--log-format=text"]
     env = {e["name"]: e for e in container["env"]}
     assert env["KUBETUNE_STORAGE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "storage-url"
     assert env["KUBETUNE_TOKEN_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "token-key"
@@ -204,7 +204,7 @@ def test_operator_deployment_follows_the_contract(render: Render) -> None:
 def test_all_namespaces_mode_uses_cluster_rbac_and_flag(render: Render) -> None:
     manifests = render(CI["all-namespaces"])
     (deployment,) = by_kind(manifests, "Deployment")
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--all-namespaces"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--all-namespaces", "--log-format=text"]
     assert by_kind(manifests, "ClusterRole") and by_kind(manifests, "ClusterRoleBinding")
     assert not by_kind(manifests, "Role") and not by_kind(manifests, "RoleBinding")
     # Default: namespaced Roles; the only cluster-wide grant is list/watch on CRDs.
@@ -226,7 +226,7 @@ def test_one_role_per_watched_namespace(render: Render) -> None:
     assert roles == bindings == {"ml-team-a", "ml-team-b"}
     (deployment,) = by_kind(manifests, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["--namespace=ml-team-a", "--namespace=ml-team-b"]
+    assert args == ["--namespace=ml-team-a", "--namespace=ml-team-b", "--log-format=text"]
 
 
 @pytest.mark.parametrize("values", VALUE_CASES, ids=VALUE_IDS)

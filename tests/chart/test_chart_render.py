@@ -204,7 +204,10 @@ def test_operator_deployment_follows_the_contract(render: Render) -> None:
 def test_all_namespaces_mode_uses_cluster_rbac_and_flag(render: Render) -> None:
     manifests = render(CI["all-namespaces"])
     (deployment,) = by_kind(manifests, "Deployment")
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--all-namespaces", "--log-format=text"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "--all-namespaces",
+        "--log-format=text",
+    ]
     assert by_kind(manifests, "ClusterRole") and by_kind(manifests, "ClusterRoleBinding")
     assert not by_kind(manifests, "Role") and not by_kind(manifests, "RoleBinding")
     # Default: namespaced Roles; the only cluster-wide grant is list/watch on CRDs.

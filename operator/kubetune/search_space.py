@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import (
@@ -12,6 +11,8 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+
+from kubetune._env import param_env_name
 
 if TYPE_CHECKING:
     import optuna
@@ -103,13 +104,6 @@ def space_size(spec: TuningStudySpec) -> int | None:
     for values in grid(spec).values():
         size *= len(values)
     return size
-
-
-_ENV_BAD = re.compile(r"[^A-Z0-9]")
-
-
-def param_env_name(name: str) -> str:
-    return "KUBETUNE_PARAM_" + _ENV_BAD.sub("_", name.upper())
 
 
 def _env_value(v: Any) -> str:

@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from kubetune._env import param_env_name
+
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -148,10 +150,6 @@ class IntRange(_Model):
         if self.log and self.step != 1:
             raise ValueError("log ranges take no step")
         return self
-
-
-def _env_key(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def _scalar_ok(v: object) -> bool:
@@ -560,8 +558,8 @@ class TuningStudySpec(_Model):
             where = f"searchSpace[{i}] ({p.name})"
             if p.name in seen:
                 raise ValueError(f"{where}: parameter name {p.name!r} is used twice")
-            env = _env_key(p.name)
-            clash = next((q for q in seen if _env_key(q) == env), None)
+            env = param_env_name(p.name)
+            clash = next((q for q in seen if param_env_name(q) == env), None)
             if clash is not None:
                 raise ValueError(
                     f"{where}: {p.name!r} and {clash!r} map to the same environment variable"

@@ -36,7 +36,6 @@ import json
 import math
 import operator
 import os
-import re
 import sys
 import threading
 import time
@@ -45,6 +44,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, SupportsFloat
+
+from kubetune._env import param_env_name
 
 __all__ = [
     "ReportError",
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 ENV_PARAMS = "KUBETUNE_PARAMS"
-ENV_PARAM_PREFIX = "KUBETUNE_PARAM_"
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"
 ENV_STUDY = "KUBETUNE_STUDY"
 ENV_TRIAL_NUMBER = "KUBETUNE_TRIAL_NUMBER"
@@ -84,11 +84,6 @@ class ReportError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-def param_env_name(name: str) -> str:
-    """``KUBETUNE_PARAM_<NAME>``: upper-cased, every character outside [A-Z0-9] as ``_``."""
-    return ENV_PARAM_PREFIX + re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def _finite(value: SupportsFloat, what: str) -> float:

@@ -220,6 +220,9 @@ class Runtime:
     gpus: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.monotonic)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    #: (namespace, name) -> the last InvalidSpec message posted as an Event. The body's status
+    #: can lag our own patch by one watch event, so it alone would post the Event twice.
+    invalid_posted: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
 
     def wakeup(self, namespace: str, label: str) -> asyncio.Event:
         return self.wakeups.setdefault((namespace, label), asyncio.Event())
@@ -530,7 +533,10 @@ async def _invalid(rt: Runtime, body: kopf.Body, message: str) -> None:
         start_time=None,
         completion_time=None,
     )
-    if prev.get("state") != "Invalid" or prev.get("message") != message:
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    already = prev.get("state") == "Invalid" and prev.get("message") == message
+    if not already and rt.invalid_posted.get(key) != message:
+        rt.invalid_posted[key] = message
         _post(body, "Warning", R.INVALID_SPEC, message)
         logger.warning(
             "Refused invalid study study=%s/%s: %s",
@@ -617,6 +623,7 @@ async def reconcile_study(
     except SpecError as e:
         await _invalid(rt, body, str(e))
         return rt.config.resync_seconds
+    rt.invalid_posted.pop(key, None)
     spec = ts.spec
     rt.gpus[key] = spec.trial.gpus()
 
@@ -949,6 +956,7 @@ async def study_deleted(**kwargs: Any) -> None:
         await asyncio.to_thread(rt.api.delete_job, namespace, str(meta.get("name")))
     rt.ledger.forget(namespace, name)
     rt.known.discard((namespace, name))
+    rt.invalid_posted.pop((namespace, name), None)
     rt.gpus.pop((namespace, name), None)
     rt.metrics.forget_study(namespace, name)
     rt.wakeups.pop((namespace, study_label(name)), None)

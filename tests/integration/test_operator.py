@@ -6,6 +6,7 @@ trials in the database), never on the sequence of API calls.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def test_invalid_study_gets_a_condition_and_an_event_and_nothing_is_created(
         cluster.api.wait_for(
             lambda: any(e["reason"] == "InvalidSpec" for e in events(cluster, "bad"))
         )
+        time.sleep(3.0)  # more than one resync (2 s here): later passes must not repeat it
     assert runner.exit_code == 0
+    assert [e["reason"] for e in events(cluster, "bad")].count("InvalidSpec") == 1
     invalid = condition(cluster, "bad", "Invalid")
     assert invalid["status"] == "True" and invalid["reason"] == "InvalidSpec"
     assert "enqueueTrials[0]" in invalid["message"] and "nope" in invalid["message"]

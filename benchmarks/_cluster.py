@@ -44,6 +44,10 @@ STUDY_LABEL = "kubetune.io/study"
 TOKEN_KEY = "benchmark-token-key-0123456789abcdef"
 
 
+#: How the operator benchmarks run the operator, printed with their conditions.
+OPERATOR_SETUP = "kopf run -m kubetune.handlers (own process), emulated API, instant kubelet"
+
+
 def zero_work(pod: Mapping[str, Any]) -> str:
     """The instant trial: a deterministic value from its parameters, no work at all."""
     env = {

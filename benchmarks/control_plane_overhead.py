@@ -97,7 +97,7 @@ def run(size: str, pg: Any = None) -> dict[str, Any]:
             size=size,
             trials=cfg["trials"],
             parallelism=cfg["parallelism"],
-            operator="kopf run -m kubetune.handlers (own process), emulated API, instant kubelet",
+            operator=_cluster.OPERATOR_SETUP,
         )
         print_conditions(info)
         _cluster.warm_up(bench)

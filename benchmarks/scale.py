@@ -198,7 +198,7 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
     With ``out``, each finished point is also saved to ``<out>/scale-partial.json`` at once, so
     a long full run that is stopped keeps the points it measured.
     """
-    from benchmarks import _cluster  # noqa: F401 - puts tests/ on sys.path for harness
+    from benchmarks import _cluster  # also puts tests/ on sys.path for harness
     from harness.postgres import start_server
 
     cfg = SIZES[size]
@@ -211,7 +211,7 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
             size=size,
             points=cfg["points"],
             sampler="Random",
-            operator="kopf run -m kubetune.handlers (own process), emulated API, instant kubelet",
+            operator=_cluster.OPERATOR_SETUP,
         )
         print_conditions(info)
         for studies, running in cfg["points"]:

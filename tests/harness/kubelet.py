@@ -46,6 +46,29 @@ DISRUPTIONS = {
 }
 
 
+def _scheduled_waiting(pod: JSON, now: str, waiting: Callable[[JSON], JSON]) -> JSON:
+    """A scheduled pod whose containers wait (being created, or failing to pull)."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return {
+        "phase": "Pending",
+        "qosClass": "BestEffort",
+        "hostIP": "127.0.0.1",
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
+        "containerStatuses": [
+            {
+                "name": c.get("name", "main"),
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"waiting": waiting(c)},
+            }
+            for c in containers
+        ],
+    }
+
+
 @dataclasses.dataclass
 class _Running:
     pod: JSON
@@ -281,34 +304,13 @@ class FakeKubelet:
             self._set_stuck(pod, fault[0], fault[1], now)
             return
         if self.instant is None:
-            containers = (pod.get("spec") or {}).get("containers") or [{}]
-            pending = {
-                "phase": "Pending",
-                "qosClass": "BestEffort",
-                "hostIP": "127.0.0.1",
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}
-                ],
-                "containerStatuses": [
-                    {
-                        "name": c.get("name", "main"),
-                        "image": c.get("image", ""),
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "started": False,
-                        "state": {"waiting": {"reason": "ContainerCreating"}},
-                    }
-                    for c in containers
-                ],
-            }
+            pending = _scheduled_waiting(pod, now, lambda c: {"reason": "ContainerCreating"})
             pod = self.api.update_status(
                 "pods", pod["metadata"]["name"], pending, meta["namespace"]
             )
         self._start_pod(pod, job)
 
     def _set_stuck(self, pod: JSON, kind: str, message: str, now: str) -> None:
-        containers = (pod.get("spec") or {}).get("containers") or [{}]
         if kind == "unschedulable":
             status = {
                 "phase": "Pending",
@@ -326,32 +328,14 @@ class FakeKubelet:
                 ],
             }
         else:
-            status = {
-                "phase": "Pending",
-                "qosClass": "BestEffort",
-                "hostIP": "127.0.0.1",
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}
-                ],
-                "containerStatuses": [
-                    {
-                        "name": c.get("name", "main"),
-                        "image": c.get("image", ""),
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "started": False,
-                        "state": {
-                            "waiting": {
-                                "reason": "ErrImagePull",
-                                "message": message
-                                or f'failed to pull image "{c.get("image", "")}": not found',
-                            }
-                        },
-                    }
-                    for c in containers
-                ],
-            }
+            status = _scheduled_waiting(
+                pod,
+                now,
+                lambda c: {
+                    "reason": "ErrImagePull",
+                    "message": message or f'failed to pull image "{c.get("image", "")}": not found',
+                },
+            )
         self.api.update_status(
             "pods", pod["metadata"]["name"], status, pod["metadata"]["namespace"]
         )

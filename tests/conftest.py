@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.cluster import Cluster
+from harness.control_plane import ControlPlane, ControlPlaneUnavailableError
 from harness.postgres import PostgresServer, PostgresUnavailableError, start_server
 
 
@@ -84,3 +85,21 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The real control plane (kube-apiserver, controller-manager, scheduler v1.32), one per
+    session. Skipped with one line saying what to provide where it is absent; under CI
+    (``CI=true``) its absence is a failure.
+    """
+    try:
+        plane = ControlPlane.up(tmp_path_factory.mktemp("k8s"))
+    except ControlPlaneUnavailableError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the real control plane is required under CI: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield plane
+    finally:
+        plane.down()

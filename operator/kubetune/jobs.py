@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from kubetune.search_space import param_env
+from kubetune._env import param_env
 
 if TYPE_CHECKING:
     from kubetune.spec import TuningStudySpec

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import (
@@ -12,7 +11,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from kubetune._env import param_env_name
+# Re-exported for callers that still import them from here; they live in kubetune._env.
+from kubetune._env import param_env, param_env_name
 
 if TYPE_CHECKING:
     import optuna
@@ -104,16 +104,3 @@ def space_size(spec: TuningStudySpec) -> int | None:
     for values in grid(spec).values():
         size *= len(values)
     return size
-
-
-def _env_value(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    return json.dumps(v)
-
-
-def param_env(params: dict[str, Any]) -> dict[str, str]:
-    """The environment a trial sees: one variable per parameter plus all of them as JSON."""
-    env = {param_env_name(k): _env_value(v) for k, v in params.items()}
-    env["KUBETUNE_PARAMS"] = json.dumps(params, sort_keys=True)
-    return env

@@ -38,10 +38,17 @@ def _is_scalar_union(options: list[dict[str, Any]]) -> bool:
     return all(o.get("type") in {"string", "integer", "number", "boolean"} for o in options)
 
 
+def _value_only(options: list[dict[str, Any]]) -> bool:
+    """A oneOf/anyOf of bare value validations (``required`` ...), which a structural schema
+    allows, as opposed to a pydantic union of types, which it does not."""
+    typed = {"type", "$ref", "properties", "items", "enum", "const"}
+    return all(not typed & set(o) for o in options)
+
+
 def _convert(node: dict[str, Any]) -> dict[str, Any]:
     node = dict(node)
     for key in ("anyOf", "oneOf"):
-        if key in node:
+        if key in node and not _value_only(node[key]):
             options = [o for o in node.pop(key) if o.get("type") != "null"]
             if len(options) == 1:
                 merged = dict(options[0])
@@ -66,6 +73,9 @@ def _convert(node: dict[str, Any]) -> dict[str, Any]:
         node["exclusiveMaximum"] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    if node.get("type") == "string" and "enum" in node and "maxLength" not in node:
+        # Bounds the string for CEL's cost estimate, which ignores enum.
+        node["maxLength"] = max(len(str(v)) for v in node["enum"])
     if node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:
         pass  # an open leaf: any JSON value, the model checks it
     if (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 import yaml
 from pydantic import (
@@ -41,6 +41,14 @@ MAX_CHOICES = 1000
 MAX_OBJECTIVES = 8
 MAX_ENQUEUED = 100
 MAX_MANIFEST_BYTES = 1 << 20
+#: Longest parameter or objective name; CEL cost estimates need every string bounded.
+MAX_NAME_LENGTH = 63
+#: Largest Grid study (points in the product of all grids); Optuna materialises the product.
+MAX_GRID_POINTS = 100_000
+#: Integers exact in a JSON double and far inside int64, so the API server and CEL agree.
+MAX_JSON_INT = 2**53 - 1
+#: The Job fields kubetune copies (ttlSecondsAfterFinished) are int32.
+MAX_INT32 = 2**31 - 1
 
 Scalar = str | int | float | bool
 _NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
@@ -58,8 +66,18 @@ class SpecError(ValueError):
     """A manifest is not a valid TuningStudy; the message names each bad field."""
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+Rule = tuple[str, str] | dict[str, str]
+
+
+def _cel(*rules: Rule, **extra: Any) -> dict[str, Any]:
+    """``x-kubernetes-validations`` for a schema node: (rule, message) pairs, or dicts that
+    also carry ``fieldPath``/``reason``; ``extra`` adds other schema keywords."""
+    out = [r if isinstance(r, dict) else {"rule": r[0], "message": r[1]} for r in rules]
+    return {"x-kubernetes-validations": out, **extra}
+
+
+def _name(description: str) -> Any:
+    return Field(pattern=_NAME_RE, max_length=MAX_NAME_LENGTH, description=description)
 
 
 class _Model(BaseModel):
@@ -69,15 +87,14 @@ class _Model(BaseModel):
         extra="forbid",
         strict=True,
         frozen=True,
+        allow_inf_nan=False,
     )
 
 
 class Objective(_Model):
     """One value the trainer reports; several objectives make a multi-objective study."""
 
-    name: str = Field(
-        pattern=_NAME_RE, description="Name of the metric, e.g. val_accuracy or val_loss."
-    )
+    name: str = _name("Name of the metric, e.g. val_accuracy or val_loss.")
     direction: Literal["maximize", "minimize"] = Field(
         description="Whether larger or smaller values are better."
     )
@@ -94,6 +111,10 @@ class FloatRange(_Model):
                 "!has(self.step) || !has(self.log) || !self.log",
                 "step and log cannot be combined",
             ),
+            (
+                "!has(self.step) || self.step <= self.high - self.low",
+                "step must not exceed high - low",
+            ),
         )
     )
 
@@ -104,10 +125,10 @@ class FloatRange(_Model):
         None, gt=0, description="Discretisation step; values are low + k*step."
     )
 
-    @field_validator("low", "high", "step")
+    @field_validator("low", "high", "step", mode="before")
     @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
+    def _finite(cls, v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
 
@@ -119,7 +140,15 @@ class FloatRange(_Model):
             raise ValueError(f"a log range needs low > 0, got low={self.low}")
         if self.log and self.step is not None:
             raise ValueError("step and log cannot be combined")
+        if self.step is not None and self.step > self.high - self.low:
+            raise ValueError(f"step ({self.step}) must not exceed high - low")
         return self
+
+    def grid_size(self) -> int | None:
+        """Points of a stepped range; None for a continuous one."""
+        if self.step is None:
+            return None
+        return math.floor((self.high - self.low) / self.step + 1e-9) + 1
 
 
 class IntRange(_Model):
@@ -133,13 +162,17 @@ class IntRange(_Model):
                 "!has(self.log) || !self.log || !has(self.step) || self.step == 1",
                 "log ranges take no step",
             ),
+            (
+                "!has(self.step) || self.step <= self.high - self.low",
+                "step must not exceed high - low",
+            ),
         )
     )
 
-    low: int = Field(description="Lower bound (inclusive).")
-    high: int = Field(description="Upper bound (inclusive).")
+    low: int = Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT, description="Lower bound (inclusive).")
+    high: int = Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT, description="Upper bound (inclusive).")
     log: bool = Field(False, description="Sample on a log scale.")
-    step: int = Field(1, ge=1, description="Distance between candidate values.")
+    step: int = Field(1, ge=1, le=MAX_JSON_INT, description="Distance between candidate values.")
 
     @model_validator(mode="after")
     def _check(self) -> IntRange:
@@ -149,18 +182,38 @@ class IntRange(_Model):
             raise ValueError(f"a log range needs low >= 1, got low={self.low}")
         if self.log and self.step != 1:
             raise ValueError("log ranges take no step")
+        if self.step > self.high - self.low:
+            raise ValueError(f"step ({self.step}) must not exceed high - low")
         return self
+
+    def on_grid(self, value: int) -> bool:
+        """Whether Optuna can propose ``value`` (in range and on the step grid)."""
+        return self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def first_at_least(self, bound: int) -> int:
+        """The smallest value on the grid that is >= ``bound`` (may exceed high)."""
+        start = max(bound, self.low)
+        return start + (-(start - self.low)) % self.step
+
+    def grid_size(self) -> int:
+        return (self.high - self.low) // self.step + 1
 
 
 def _scalar_ok(v: object) -> bool:
     return isinstance(v, str | bool | int) or (isinstance(v, float) and math.isfinite(v))
 
 
+def _same_scalar(a: object, b: object) -> bool:
+    """Equal and of the same type: True is not 1, and 1 is not 1.0."""
+    return type(a) is type(b) and a == b
+
+
 class Categorical(_Model):
     """A parameter chosen from a list of values (strings, numbers or booleans)."""
 
     choices: Annotated[list[Scalar], Field(min_length=1, max_length=MAX_CHOICES)] = Field(
-        description="The candidate values; at least one, all distinct."
+        description="The candidate values; at least one, all distinct. A parameter with "
+        "choices [true, false] is a boolean that other parameters can depend on."
     )
 
     @field_validator("choices")
@@ -176,12 +229,83 @@ class Categorical(_Model):
 
 
 class Condition_(_Model):  # noqa: N801 - "Condition" is the metav1 status shape below
-    """Makes a parameter exist only when an earlier categorical parameter has one of some values."""
+    """Makes a parameter exist only when an earlier parameter has certain values.
 
-    param: str = Field(pattern=_NAME_RE, description="Name of an earlier categorical parameter.")
-    in_: Annotated[list[Scalar], Field(min_length=1, max_length=MAX_CHOICES)] = Field(
-        alias="in", description="Values of that parameter for which this one is sampled."
+    Either ``in`` (some choices of a categorical parent, e.g. ``[sgd]`` or ``[true]``, or some
+    values of an int parent) or, for an int parent, a range ``atLeast``/``atMost`` (Optuna's
+    ``if n_layers >= 2: suggest(...)``).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.atLeast) || !has(self.atMost) || self.atLeast <= self.atMost",
+                "atLeast must not exceed atMost",
+            ),
+            # `in` holds mixed scalars, which CEL cannot see; the schema itself says "either
+            # in, or atLeast/atMost" (a value-only oneOf is allowed in a structural schema).
+            oneOf=[
+                {"required": ["in"]},
+                {"anyOf": [{"required": ["atLeast"]}, {"required": ["atMost"]}]},
+            ],
+        )
     )
+
+    param: str = _name("Name of an earlier categorical or int parameter.")
+    in_: Annotated[list[Scalar], Field(min_length=1, max_length=MAX_CHOICES)] | None = Field(
+        None,
+        alias="in",
+        description="Values of that parameter for which this one is sampled "
+        "(choices of a categorical parent, integers of an int parent).",
+    )
+    at_least: int | None = Field(
+        None,
+        ge=-MAX_JSON_INT,
+        le=MAX_JSON_INT,
+        description="Int parent only: sample this parameter when the parent is >= atLeast.",
+    )
+    at_most: int | None = Field(
+        None,
+        ge=-MAX_JSON_INT,
+        le=MAX_JSON_INT,
+        description="Int parent only: sample this parameter when the parent is <= atMost.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Condition_:
+        ranged = self.at_least is not None or self.at_most is not None
+        if self.in_ is not None and ranged:
+            raise ValueError("give either in or atLeast/atMost, not both")
+        if self.in_ is None and not ranged:
+            raise ValueError("give in, or atLeast/atMost")
+        low, high = self.at_least, self.at_most
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"atLeast ({low}) must not exceed atMost ({high})")
+        return self
+
+    @property
+    def ranged(self) -> bool:
+        return self.in_ is None
+
+    def matches(self, value: object) -> bool:
+        """Whether the parent's value activates the parameter."""
+        if self.in_ is not None:
+            return any(_same_scalar(c, value) for c in self.in_)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        return (self.at_least is None or value >= self.at_least) and (
+            self.at_most is None or value <= self.at_most
+        )
+
+    def describe(self) -> str:
+        """``optimizer in ['sgd']``, ``n_layers >= 2``, ``depth in [2, 4]`` (for people)."""
+        if self.in_ is not None:
+            return f"{self.param} in {list(self.in_)}"
+        if self.at_most is None:
+            return f"{self.param} >= {self.at_least}"
+        if self.at_least is None:
+            return f"{self.param} <= {self.at_most}"
+        return f"{self.at_least} <= {self.param} <= {self.at_most}"
 
 
 class Parameter(_Model):
@@ -196,16 +320,15 @@ class Parameter(_Model):
         )
     )
 
-    name: str = Field(
-        pattern=_NAME_RE,
-        description="Parameter name; reaches the trainer as KUBETUNE_PARAM_<NAME> "
-        "(upper-cased, other characters as _) and in KUBETUNE_PARAMS.",
+    name: str = _name(
+        "Parameter name; reaches the trainer as KUBETUNE_PARAM_<NAME> "
+        "(upper-cased, other characters as _) and in KUBETUNE_PARAMS."
     )
     float_: FloatRange | None = Field(None, alias="float", description="A real-valued range.")
     int_: IntRange | None = Field(None, alias="int", description="An integer range.")
     categorical: Categorical | None = Field(None, description="A list of choices.")
     when: Condition_ | None = Field(
-        None, description="Sample this parameter only when another one has certain values."
+        None, description="Sample this parameter only when an earlier one has certain values."
     )
 
     @model_validator(mode="after")
@@ -235,13 +358,22 @@ class Parameter(_Model):
     def admits(self, value: object) -> bool:
         """Whether a fixed value (an enqueued trial's) lies in this parameter's range."""
         if self.categorical is not None:
-            return any(type(c) is type(value) and c == value for c in self.categorical.choices)
+            return any(_same_scalar(c, value) for c in self.categorical.choices)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if self.int_ is not None:
             return isinstance(value, int) and self.int_.low <= value <= self.int_.high
         assert self.float_ is not None
         return math.isfinite(value) and self.float_.low <= value <= self.float_.high
+
+    def grid_size(self) -> int | None:
+        """How many values the Grid sampler tries; None for a continuous range."""
+        if self.categorical is not None:
+            return len(self.categorical.choices)
+        if self.int_ is not None:
+            return self.int_.grid_size()
+        assert self.float_ is not None
+        return self.float_.grid_size()
 
 
 _SAMPLER_FIELDS: dict[str, frozenset[str]] = {
@@ -255,21 +387,33 @@ _SAMPLER_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+def _type_of(obj: str, default: str) -> str:
+    """CEL for ``obj.type`` with its default: the API server stores what the user wrote, and
+    reading an absent field is an error in CEL, not the default."""
+    return f"(has({obj}.type) ? {obj}.type : '{default}')"
+
+
+def _options_rules(table: dict[str, frozenset[str]], what: str, default: str) -> list[Rule]:
+    """One CEL rule per option: it may only be set for the types that take it."""
+    rules: list[Rule] = []
+    for option in sorted({o for opts in table.values() for o in opts}, key=to_camel):
+        owners = [t for t, opts in table.items() if option in opts]
+        field = to_camel(option)
+        allowed = ", ".join(f"'{t}'" for t in owners)
+        rules.append(
+            (
+                f"!has(self.{field}) || {_type_of('self', default)} in [{allowed}]",
+                f"{field} applies only to the {' or '.join(owners)} {what}",
+            )
+        )
+    return rules
+
+
 class Sampler(_Model):
     """How Optuna proposes the next parameters."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "!has(self.populationSize) || self.type == 'NSGAII'",
-                "populationSize is an NSGAII option",
-            ),
-            (
-                "!has(self.multivariate) || self.type == 'TPE'",
-                "multivariate is a TPE option",
-            ),
-            ("!has(self.qmcType) || self.type == 'QMC'", "qmcType is a QMC option"),
-        )
+        json_schema_extra=_cel(*_options_rules(_SAMPLER_FIELDS, "sampler", "TPE"))
     )
 
     type: SamplerType = Field(
@@ -330,11 +474,27 @@ class Pruner(_Model):
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
-            ("self.type != 'Percentile' || has(self.percentile)", "Percentile needs percentile"),
-            ("self.type != 'Patience' || has(self.patience)", "Patience needs patience"),
+            *_options_rules(_PRUNER_FIELDS, "pruner", "None"),
             (
-                "self.type != 'Threshold' || has(self.lower) || has(self.upper)",
-                "Threshold needs lower or upper",
+                f"{_type_of('self', 'None')} != 'Percentile' || has(self.percentile)",
+                "the Percentile pruner needs percentile",
+            ),
+            (
+                f"{_type_of('self', 'None')} != 'Patience' || has(self.patience)",
+                "the Patience pruner needs patience",
+            ),
+            (
+                f"{_type_of('self', 'None')} != 'Threshold' || has(self.lower) || has(self.upper)",
+                "the Threshold pruner needs lower or upper",
+            ),
+            (
+                "!has(self.minResource) || !has(self.maxResource) || "
+                "self.minResource <= self.maxResource",
+                "minResource must not exceed maxResource",
+            ),
+            (
+                "!has(self.lower) || !has(self.upper) || self.lower <= self.upper",
+                "lower must not exceed upper",
             ),
         )
     )
@@ -346,15 +506,27 @@ class Pruner(_Model):
     )
     n_startup_trials: int | None = Field(None, ge=0, le=10000, description="Trials before pruning.")
     n_warmup_steps: int | None = Field(
-        None, ge=0, description="Steps before a trial can be pruned."
+        None, ge=0, le=MAX_INT32, description="Steps before a trial can be pruned."
     )
-    interval_steps: int | None = Field(None, ge=1, description="Check every this many steps.")
+    interval_steps: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="Check every this many steps."
+    )
     percentile: float | None = Field(None, ge=0, le=100, description="Percentile: keep above.")
-    min_resource: int | None = Field(None, ge=1, description="SH/Hyperband: minimum steps.")
-    max_resource: int | None = Field(None, ge=1, description="Hyperband: steps of a full trial.")
-    reduction_factor: int | None = Field(None, ge=2, description="SH/Hyperband: keep 1/factor.")
-    min_early_stopping_rate: int | None = Field(None, ge=0, description="SH: rung offset.")
-    patience: int | None = Field(None, ge=1, description="Patience: steps without improvement.")
+    min_resource: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="SH/Hyperband: minimum steps."
+    )
+    max_resource: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="Hyperband: steps of a full trial."
+    )
+    reduction_factor: int | None = Field(
+        None, ge=2, le=MAX_INT32, description="SH/Hyperband: keep 1/factor."
+    )
+    min_early_stopping_rate: int | None = Field(
+        None, ge=0, le=MAX_INT32, description="SH: rung offset."
+    )
+    patience: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="Patience: steps without improvement."
+    )
     min_delta: float | None = Field(None, ge=0, description="Patience: what counts as better.")
     lower: float | None = Field(None, description="Threshold: prune below this value.")
     upper: float | None = Field(None, description="Threshold: prune above this value.")
@@ -382,6 +554,8 @@ class Pruner(_Model):
             and self.min_resource > self.max_resource
         ):
             raise ValueError("minResource must not exceed maxResource")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) must not exceed upper ({self.upper})")
         return self
 
 
@@ -394,10 +568,16 @@ class Budget(_Model):
         None, ge=1, le=100000, description="Mark the study Failed after this many failed trials."
     )
     deadline_seconds: int | None = Field(
-        None, ge=1, description="Launch no trial after this many seconds from the study's start."
+        None,
+        ge=1,
+        le=MAX_JSON_INT,
+        description="Launch no trial after this many seconds from the study's start.",
     )
     max_gpu_seconds: int | None = Field(
-        None, ge=1, description="Launch no trial once the study has used this many GPU-seconds."
+        None,
+        ge=1,
+        le=MAX_JSON_INT,
+        description="Launch no trial once the study has used this many GPU-seconds.",
     )
 
 
@@ -424,10 +604,13 @@ class TrialSpec(_Model):
         "(eviction, preemption, node loss); user errors are never retried.",
     )
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="A trial running longer than this fails with DeadlineExceeded."
+        None,
+        ge=1,
+        le=MAX_JSON_INT,
+        description="A trial running longer than this fails with DeadlineExceeded.",
     )
     ttl_seconds_after_finished: int | None = Field(
-        3600, ge=0, description="Delete finished trial Jobs after this many seconds."
+        3600, ge=0, le=MAX_INT32, description="Delete finished trial Jobs after this many seconds."
     )
     result: ResultSpec = Field(default_factory=ResultSpec, description="Where results come from.")
     queue_name: str | None = Field(
@@ -495,55 +678,166 @@ class TrialSpec(_Model):
         return total
 
 
+# --- Rules across parameters: on the searchSpace list (self), cheaper than on spec ---------
+# Names are unique by the list's map key (x-kubernetes-list-map-keys: [name]); `in` values and
+# categorical choices hold mixed scalars, which a structural schema can only leave untyped, and
+# the API server hides untyped values from CEL: those checks stay in the model (docs/validation.md).
+
+
+def _env_of(name: str) -> str:
+    """CEL for the part of ``param_env_name(name)`` after the prefix (names are [A-Za-z0-9_.-])."""
+    return f"{name}.upperAscii().replace('-', '_').replace('.', '_')"
+
+
+def _int_condition_reachable() -> str:
+    """CEL: the smallest value on int parent q's grid that is >= atLeast is also <= atMost."""
+    lo = "(has(p.when.atLeast) && p.when.atLeast > q.int.low ? p.when.atLeast : q.int.low)"
+    hi = "(has(p.when.atMost) && p.when.atMost < q.int.high ? p.when.atMost : q.int.high)"
+    step = "(has(q.int.step) ? q.int.step : 1)"
+    return f"{lo} + ({step} - ({lo} - q.int.low) % {step}) % {step} <= {hi}"
+
+
+_RANGED = "(has(p.when.atLeast) || has(p.when.atMost))"
+
+
+def _immutable(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message, "reason": "FieldValueForbidden"}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+_SEARCH_SPACE_RULES: list[Rule] = [
+    (
+        f"self.all(p, self.exists_one(q, {_env_of('q.name')} == {_env_of('p.name')}))",
+        "parameter names must map to distinct environment variables "
+        "(KUBETUNE_PARAM_<NAME>: upper-cased, '-' and '.' as '_')",
+    ),
+    (
+        # indexOf on the parameters themselves: a list made by map() has no size bound
+        # the cost estimator can see, which put this rule at over 100x the budget.
+        "self.all(p, !has(p.when) || "
+        "self.exists(q, q.name == p.when.param && self.indexOf(q) < self.indexOf(p)))",
+        "when.param must name an earlier parameter of the search space",
+    ),
+    (
+        "self.all(p, !has(p.when) || self.all(q, q.name != p.when.param || "
+        "has(q.categorical) || has(q.int)))",
+        "when.param must name a categorical or int parameter, not a float one",
+    ),
+    (
+        f"self.all(p, !has(p.when) || !{_RANGED} || "
+        "self.all(q, q.name != p.when.param || has(q.int)))",
+        "when.atLeast/atMost need an int parent (use when.in for a categorical one)",
+    ),
+    (
+        f"self.all(p, !has(p.when) || !{_RANGED} || self.all(q, q.name != p.when.param || "
+        f"!has(q.int) || {_int_condition_reachable()}))",
+        "when.atLeast/atMost select no value of the int parent's range and step",
+    ),
+    _immutable(
+        "self == oldSelf",
+        "searchSpace cannot change after creation (Optuna's "
+        "trials are tied to it); create a new study",
+    ),
+]
+
+# --- Rules across sections: on spec --------------------------------------------------------
+_SAMPLER_TYPE = "(has(self.sampler) && has(self.sampler.type) ? self.sampler.type : 'TPE')"
+_PRUNER_TYPE = "(has(self.pruner) && has(self.pruner.type) ? self.pruner.type : 'None')"
+_RESULT_FROM = (
+    "(has(self.trial.result) && has(self.trial.result.from) ? self.trial.result.from : 'Reporter')"
+)
+
+
+def _old(expr: str) -> str:
+    return expr.replace("self.", "oldSelf.")
+
+
+_SPEC_RULES: list[Rule] = [
+    {
+        "rule": f"{_SAMPLER_TYPE} != 'Grid' || "
+        "self.searchSpace.all(p, !has(p.float) || has(p.float.step))",
+        "message": "the Grid sampler needs a finite space: give every float parameter a step",
+        "fieldPath": ".searchSpace",
+    },
+    {
+        "rule": f"{_SAMPLER_TYPE} != 'CmaEs' || size(self.objectives) == 1",
+        "message": "the CmaEs sampler is single-objective; use NSGAII, TPE or GP",
+        "fieldPath": ".sampler",
+    },
+    {
+        "rule": f"size(self.objectives) == 1 || {_PRUNER_TYPE} == 'None'",
+        "message": "pruning works with a single objective only (set pruner.type: None)",
+        "fieldPath": ".pruner",
+    },
+    {
+        "rule": f"{_PRUNER_TYPE} == 'None' || {_RESULT_FROM} == 'Reporter'",
+        "message": "pruning needs trial.result.from: Reporter",
+        "fieldPath": ".trial",
+    },
+    _immutable(
+        "has(self.sampler) == has(oldSelf.sampler) && "
+        "(!has(self.sampler) || self.sampler == oldSelf.sampler)",
+        "sampler cannot change after creation (Optuna's sampler state is tied to it); "
+        "create a new study",
+        ".sampler",
+    ),
+    _immutable(
+        f"{_PRUNER_TYPE} == {_old(_PRUNER_TYPE)}",
+        "pruner.type cannot change after creation (its options can)",
+        ".pruner",
+    ),
+    _immutable(
+        f"{_RESULT_FROM} == {_old(_RESULT_FROM)}",
+        "trial.result.from cannot change after creation (running trials report one way)",
+        ".trial",
+    ),
+]
+
+_BY_NAME: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
+
 class TuningStudySpec(_Model):
     """What to tune, how to search, and how each trial runs."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "self.searchSpace.all(p, self.searchSpace.exists_one(q, q.name == p.name))",
-                "parameter names must be unique",
-            ),
-            (
-                "self.searchSpace.all(p, !has(p.when) || self.searchSpace.exists(q, "
-                "q.name == p.when.param && has(q.categorical)))",
-                "when.param must name a categorical parameter of the search space",
-            ),
-            (
-                "!has(self.sampler) || self.sampler.type != 'Grid' || self.searchSpace.all(p, "
-                "has(p.categorical) || has(p.int) || (has(p.float) && has(p.float.step)))",
-                "the Grid sampler needs a finite space (categorical, int or stepped float)",
-            ),
-            (
-                "!has(self.sampler) || self.sampler.type != 'CmaEs' || size(self.objectives) == 1",
-                "the CmaEs sampler is single-objective",
-            ),
-            (
-                "size(self.objectives) == 1 || !has(self.pruner) || self.pruner.type == 'None'",
-                "pruning works with a single objective only",
-            ),
-            (
-                "!has(self.pruner) || self.pruner.type == 'None' || !has(self.trial.result) || "
-                "!has(self.trial.result.from) || self.trial.result.from == 'Reporter'",
-                "pruning needs trial.result.from: Reporter",
-            ),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_cel(*_SPEC_RULES))
 
     objectives: Annotated[list[Objective], Field(min_length=1, max_length=MAX_OBJECTIVES)] = Field(
-        description="What to optimise; more than one makes a multi-objective study."
+        description="What to optimise; more than one makes a multi-objective study. "
+        "Names are unique; fixed at creation.",
+        json_schema_extra={
+            **_BY_NAME,
+            **_cel(_immutable("self == oldSelf", "objectives cannot change after creation")),
+        },
     )
     search_space: Annotated[list[Parameter], Field(min_length=1, max_length=MAX_PARAMETERS)] = (
-        Field(description="The parameters; conditional ones follow the parameter they depend on.")
+        Field(
+            description="The parameters, sampled in this order; a conditional one follows the "
+            "parameter it depends on. Names are unique; fixed at creation.",
+            json_schema_extra={**_BY_NAME, **_cel(*_SEARCH_SPACE_RULES)},
+        )
     )
-    sampler: Sampler = Field(default_factory=Sampler, description="The Optuna sampler.")
-    pruner: Pruner = Field(default_factory=Pruner, description="The Optuna pruner.")
+    sampler: Sampler = Field(
+        default_factory=Sampler, description="The Optuna sampler; fixed at creation."
+    )
+    pruner: Pruner = Field(
+        default_factory=Pruner,
+        description="The Optuna pruner; its type is fixed at creation, its options are not.",
+    )
     budget: Budget = Field(default_factory=Budget, description="Trial counts and limits.")
-    enqueue_trials: Annotated[list[dict[str, Scalar]], Field(max_length=MAX_ENQUEUED)] = Field(
+    enqueue_trials: Annotated[
+        list[Annotated[dict[str, Scalar], Field(max_length=MAX_PARAMETERS)]],
+        Field(max_length=MAX_ENQUEUED),
+    ] = Field(
         default_factory=list,
         description="Known-good parameter sets to try first (warm start).",
         json_schema_extra={
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            "items": {
+                "type": "object",
+                "maxProperties": MAX_PARAMETERS,
+                "x-kubernetes-preserve-unknown-fields": True,
+            }
         },
     )
     suspend: bool = Field(
@@ -553,63 +847,117 @@ class TuningStudySpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> TuningStudySpec:
-        seen: dict[str, Parameter] = {}
-        for i, p in enumerate(self.search_space):
-            where = f"searchSpace[{i}] ({p.name})"
-            if p.name in seen:
-                raise ValueError(f"{where}: parameter name {p.name!r} is used twice")
-            env = param_env_name(p.name)
-            clash = next((q for q in seen if param_env_name(q) == env), None)
-            if clash is not None:
-                raise ValueError(
-                    f"{where}: {p.name!r} and {clash!r} map to the same environment variable"
-                )
-            if p.when is not None:
-                parent = seen.get(p.when.param)
-                if parent is None:
-                    raise ValueError(
-                        f"{where}: when.param {p.when.param!r} must name an earlier parameter"
-                    )
-                if parent.categorical is None:
-                    raise ValueError(f"{where}: when.param {p.when.param!r} is not categorical")
-                bad = [v for v in p.when.in_ if not parent.admits(v)]
-                if bad:
-                    raise ValueError(
-                        f"{where}: when.in values {bad!r} are not choices of {p.when.param!r}"
-                    )
-            seen[p.name] = p
-        if self.sampler.type == "Grid":
-            for p in self.search_space:
-                if p.float_ is not None and p.float_.step is None:
-                    raise ValueError(
-                        f"the Grid sampler needs a finite space: {p.name!r} is a continuous "
-                        "float range (give it a step)"
-                    )
-        multi = len(self.objectives) > 1
-        if multi and self.sampler.type == "CmaEs":
-            raise ValueError("the CmaEs sampler is single-objective; use NSGAII, TPE or GP")
-        if multi and self.pruner.type != "None":
-            raise ValueError("pruning works with a single objective only (set pruner.type: None)")
-        if self.pruner.type != "None" and self.trial.result.from_ != "Reporter":
-            raise ValueError("pruning needs trial.result.from: Reporter")
-        names = [o.name for o in self.objectives]
-        if len(set(names)) != len(names):
-            raise ValueError("objective names must be unique")
-        for i, fixed in enumerate(self.enqueue_trials):
-            unknown = sorted(set(fixed) - set(seen))
-            if unknown:
-                raise ValueError(f"enqueueTrials[{i}]: unknown parameters {unknown}")
-            for name, value in fixed.items():
-                if not seen[name].admits(value):
-                    raise ValueError(
-                        f"enqueueTrials[{i}]: {name}={value!r} is outside its range or choices"
-                    )
+        seen = _check_parameters(self.search_space)
+        _check_strategy(self)
+        _check_enqueued(self.enqueue_trials, seen)
         return self
 
     def immutable_view(self) -> dict[str, Any]:
         """The parts an Optuna study cannot change under running trials."""
         dump = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return {k: dump[k] for k in ("objectives", "searchSpace", "sampler")}
+
+
+def _check_parameters(space: list[Parameter]) -> dict[str, Parameter]:
+    """Unique names and env variables, conditions on earlier parameters; the params by name."""
+    seen: dict[str, Parameter] = {}
+    for i, p in enumerate(space):
+        where = f"searchSpace[{i}] ({p.name})"
+        if p.name in seen:
+            raise ValueError(f"{where}: parameter name {p.name!r} is used twice")
+        env = param_env_name(p.name)
+        clash = next((q for q in seen if param_env_name(q) == env), None)
+        if clash is not None:
+            raise ValueError(
+                f"{where}: {p.name!r} and {clash!r} map to the same environment variable"
+            )
+        if p.when is not None:
+            _check_condition(where, p.when, seen.get(p.when.param))
+        seen[p.name] = p
+    return seen
+
+
+def _check_condition(where: str, when: Condition_, parent: Parameter | None) -> None:
+    name = when.param
+    if parent is None:
+        raise ValueError(f"{where}: when.param {name!r} must name an earlier parameter")
+    if parent.float_ is not None:
+        raise ValueError(
+            f"{where}: when.param {name!r} is a float parameter; a condition needs a "
+            "categorical or int parent"
+        )
+    if when.in_ is not None:
+        if parent.categorical is not None:
+            bad = [v for v in when.in_ if not parent.admits(v)]
+            if bad:
+                raise ValueError(f"{where}: when.in values {bad!r} are not choices of {name!r}")
+            return
+        assert parent.int_ is not None
+        r = parent.int_
+        bad = [v for v in when.in_ if not (_is_int(v) and r.on_grid(v))]
+        if bad:
+            raise ValueError(
+                f"{where}: when.in values {bad!r} are not values of {name!r} "
+                f"(integers {r.low}..{r.high}, step {r.step})"
+            )
+        return
+    if parent.int_ is None:
+        raise ValueError(
+            f"{where}: when.atLeast/atMost need an int parent; {name!r} is categorical "
+            "(use when.in)"
+        )
+    r = parent.int_
+    top = r.high if when.at_most is None else min(r.high, when.at_most)
+    if r.first_at_least(r.low if when.at_least is None else when.at_least) > top:
+        raise ValueError(
+            f"{where}: when {when.describe()} selects no value of {name!r} "
+            f"(integers {r.low}..{r.high}, step {r.step})"
+        )
+
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_strategy(spec: TuningStudySpec) -> None:
+    """Sampler, pruner, objectives and result mode fit together."""
+    if spec.sampler.type == "Grid":
+        points = 1
+        for p in spec.search_space:
+            size = p.grid_size()
+            if size is None:
+                raise ValueError(
+                    f"the Grid sampler needs a finite space: {p.name!r} is a continuous "
+                    "float range (give it a step)"
+                )
+            points *= size
+            if points > MAX_GRID_POINTS:
+                raise ValueError(
+                    f"the Grid sampler tries every point and this space has more than "
+                    f"{MAX_GRID_POINTS}; use another sampler or coarser steps"
+                )
+    multi = len(spec.objectives) > 1
+    if multi and spec.sampler.type == "CmaEs":
+        raise ValueError("the CmaEs sampler is single-objective; use NSGAII, TPE or GP")
+    if multi and spec.pruner.type != "None":
+        raise ValueError("pruning works with a single objective only (set pruner.type: None)")
+    if spec.pruner.type != "None" and spec.trial.result.from_ != "Reporter":
+        raise ValueError("pruning needs trial.result.from: Reporter")
+    names = [o.name for o in spec.objectives]
+    if len(set(names)) != len(names):
+        raise ValueError("objective names must be unique")
+
+
+def _check_enqueued(enqueued: list[dict[str, Scalar]], params: dict[str, Parameter]) -> None:
+    for i, fixed in enumerate(enqueued):
+        unknown = sorted(set(fixed) - set(params))
+        if unknown:
+            raise ValueError(f"enqueueTrials[{i}]: unknown parameters {unknown}")
+        for name, value in fixed.items():
+            if not params[name].admits(value):
+                raise ValueError(
+                    f"enqueueTrials[{i}]: {name}={value!r} is outside its range or choices"
+                )
 
 
 class ObjectMeta(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,11 @@ def test_schema_is_structural() -> None:
     for path, node in nodes:
         open_leaf = node.get("x-kubernetes-preserve-unknown-fields") is True
         assert "type" in node or open_leaf, f"{path} has no type"
-        for forbidden in (
-            "anyOf",
-            "oneOf",
-            "allOf",
-            "$ref",
-            "additionalProperties: false",
-            "uniqueItems",
-            "default",
-        ):
+        for forbidden in ("allOf", "$ref", "additionalProperties: false", "uniqueItems", "default"):
             assert forbidden not in node, f"{path} uses {forbidden}"
+        for union in ("anyOf", "oneOf"):
+            # Allowed only as bare value validations (e.g. "either in or atLeast/atMost").
+            assert "type" not in json.dumps(node.get(union, [])), f"{path} has a typed {union}"
         if node.get("type") == "object" and "properties" in node:
             assert "additionalProperties" not in node, path
     opens = {p for p, n in nodes if n.get("x-kubernetes-preserve-unknown-fields")}
@@ -115,10 +111,37 @@ def test_crd_shape() -> None:
     assert version["subresources"] == {"status": {}}
     columns = {c["name"] for c in version["additionalPrinterColumns"]}
     assert {"State", "Trials", "Running", "Best", "Age"} <= columns
-    rules = [
-        r["rule"]
-        for r in version["schema"]["openAPIV3Schema"]["properties"]["spec"][
-            "x-kubernetes-validations"
-        ]
-    ]
-    assert any("exists_one" in r for r in rules)  # unique parameter names
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for named in ("searchSpace", "objectives"):  # unique names, enforced by the server
+        assert spec[named]["x-kubernetes-list-type"] == "map"
+        assert spec[named]["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_everything_cel_can_reach_is_bounded() -> None:
+    """The API server estimates a rule's cost from maxLength/maxItems/maxProperties; an
+    unbounded string or list under a rule counts as 3 MiB long and blows the budget."""
+    nodes: list[tuple[str, dict[str, Any]]] = []
+    _walk(_schema()["properties"]["spec"], ".spec", nodes)
+    for path, node in nodes:
+        if node.get("type") == "string":
+            assert "maxLength" in node, f"{path} has no maxLength"
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path} has no maxItems"
+        if node.get("type") == "object" and "additionalProperties" in node:
+            assert "maxProperties" in node, f"{path} has no maxProperties"
+
+
+def test_immutable_fields_have_transition_rules() -> None:
+    spec = _schema()["properties"]["spec"]
+    transition = {
+        r.get("fieldPath", "") for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]
+    }
+    assert transition == {".sampler", ".pruner", ".trial"}
+    for named in ("searchSpace", "objectives"):
+        rules = spec["properties"][named]["x-kubernetes-validations"]
+        assert {"rule": "self == oldSelf"}.items() <= rules[-1].items()
+        assert rules[-1]["reason"] == "FieldValueForbidden"
+    mutable = ("budget", "suspend", "enqueueTrials")
+    assert not any("oldSelf" in json.dumps(spec["properties"][m]) for m in mutable), (
+        "budget, parallelism, suspend and warm starts stay editable"
+    )

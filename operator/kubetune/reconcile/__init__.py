@@ -1,0 +1,67 @@
+"""The reconcile decision: what should exist now, given the spec, the Jobs and the ledger.
+
+:func:`decide` is pure (no I/O, no clock: ``now`` is passed in) and level-based: it recomputes
+everything from the observed world, and applying its actions then deciding again yields no
+further actions. The shell (``kubetune.handlers``) observes, calls it, applies the actions.
+It reads as a list of named steps, each a small pure function in a private module here:
+classify the RUNNING trials (``_trials``), delete stale Jobs (``_trials``), account GPU time
+(``_gpu``), find the stop rule and the free slots (``_budget``), then the study's state,
+conditions and Events (``_study``).
+
+Rules (each tested in tests/unit/test_reconcile.py):
+
+- Slots: a trial occupies a slot while it is RUNNING in the ledger or has an active Job;
+  ``parallelism`` is never exceeded, and ``maxTrials`` counts every asked trial.
+- A RUNNING trial whose current attempt has no Job: if the Job was never confirmed created
+  (``job_created < attempt``: the operator crashed between ask and create) it is created now;
+  if it was created and is gone (deleted by hand, or its TTL ran out while the operator was
+  away), the attempt counts as an infrastructure failure: retried with the same parameters
+  while attempts are left, else the trial fails with ``JobDeleted``.
+- A failed Job: disruption (eviction, preemption, node loss) → retry while ``attempt <
+  maxRetries`` else FAIL ``RetriesExhausted``; exit code ≠ 0 → FAIL ``ExitCode`` (message with
+  the exit code and the log tail); ``DeadlineExceeded`` → FAIL.
+- A Job that succeeded: TerminationMessage mode → the values from the termination message
+  (FAIL ``NoResult`` when missing or malformed); Reporter mode → the trial should already be
+  finished through the report API; if it is still RUNNING the trainer never called
+  ``complete`` → FAIL ``NoResult``.
+- Pods that cannot start: ``PodsHealthy=False`` (``Unschedulable`` or ``ImagePullFailed``);
+  image pull errors fail the trial after ``image_pull_grace_seconds``.
+- No new trials while suspended, invalid (immutable fields changed), failed
+  (``maxFailedTrials``), past the deadline or over the GPU budget; running trials finish.
+  The study is Succeeded (or Failed, when no trial completed) once it stops launching and
+  nothing runs.
+"""
+
+from __future__ import annotations
+
+from kubetune.reconcile._actions import (
+    Action,
+    CreateJob,
+    Decision,
+    DeleteJob,
+    EventSpec,
+    LaunchTrials,
+    RecordUsage,
+    RelaunchAttempt,
+    Tell,
+)
+from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
+from kubetune.reconcile._study import storage_error_status
+from kubetune.reconcile._trials import MAX_LOG_TAIL_CHARS
+
+__all__ = [
+    "DEFAULT_IMAGE_PULL_GRACE_SECONDS",
+    "MAX_LOG_TAIL_CHARS",
+    "Action",
+    "CreateJob",
+    "Decision",
+    "DeleteJob",
+    "EventSpec",
+    "LaunchTrials",
+    "RecordUsage",
+    "RelaunchAttempt",
+    "Tell",
+    "decide",
+    "spec_hash",
+    "storage_error_status",
+]

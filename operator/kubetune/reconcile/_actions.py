@@ -1,0 +1,98 @@
+"""What the decision hands the shell: actions to apply, Events to post, and the Decision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubetune.status import StudyState
+
+__all__ = [
+    "Action",
+    "CreateJob",
+    "Decision",
+    "DeleteJob",
+    "EventSpec",
+    "LaunchTrials",
+    "RecordUsage",
+    "RelaunchAttempt",
+    "Tell",
+]
+
+
+@dataclass(frozen=True)
+class LaunchTrials:
+    """Ask Optuna ``count`` times and create a Job for each new trial (attempt 0)."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """Create the missing Job of a RUNNING trial's current attempt (no ledger change)."""
+
+    trial: int
+    attempt: int
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RelaunchAttempt:
+    """Set the trial's attempt to ``attempt`` in the ledger, then create its Job."""
+
+    trial: int
+    attempt: int
+    params: Mapping[str, Any]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tell:
+    """Finish a RUNNING trial in the ledger."""
+
+    trial: int
+    state: Literal["COMPLETE", "FAIL"]
+    values: tuple[float, ...] | None = None
+    reason: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordUsage:
+    """Store the GPU-seconds settled for a trial (absolute values, so repeating is harmless)."""
+
+    trial: int
+    attempts: int
+    gpu_seconds: float
+
+
+Action = LaunchTrials | CreateJob | RelaunchAttempt | Tell | DeleteJob | RecordUsage
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    status: dict[str, Any]
+    events: tuple[EventSpec, ...] = ()
+    #: Reconcile again after this many seconds at the latest (deadlines, grace periods).
+    requeue_after: float | None = None
+    state: StudyState = "Pending"
+    #: Trials holding a slot once the actions are applied (launches included).
+    occupied: int = 0
+
+    def of_type(self, kind: type[Any]) -> list[Any]:
+        return [a for a in self.actions if isinstance(a, kind)]

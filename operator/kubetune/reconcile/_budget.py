@@ -1,0 +1,90 @@
+"""The budget: when the study stops launching, and how many trials fit in the free slots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from kubetune import reasons as R  # noqa: N812 - short, read like an enum
+from kubetune.jobs import ObservedJob
+from kubetune.reconcile._observed import is_active
+from kubetune.status import TrialStateName
+
+if TYPE_CHECKING:
+    from kubetune.spec import Budget
+
+__all__ = ["Stop", "TrialTally", "launches", "seconds_to_deadline", "stop_reason", "tally_trials"]
+
+
+@dataclass(frozen=True)
+class TrialTally:
+    """Counts the budget rules read, once the trial verdicts are applied."""
+
+    #: Trials holding a slot: RUNNING in the ledger, or with a live Job.
+    occupied: frozenset[int]
+    #: Trials asked of Optuna (all but WAITING, i.e. enqueued and not asked yet).
+    asked: int
+    failed: int
+    completed: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why the study launches no more trials (a condition reason) and a sentence saying so."""
+
+    reason: str
+    message: str
+
+
+def tally_trials(states: Mapping[int, TrialStateName], jobs: Iterable[ObservedJob]) -> TrialTally:
+    occupied = {n for n, s in states.items() if s == "RUNNING"}
+    occupied |= {j.trial for j in jobs if is_active(j)}
+    return TrialTally(
+        occupied=frozenset(occupied),
+        asked=sum(1 for s in states.values() if s != "WAITING"),
+        failed=sum(1 for s in states.values() if s == "FAIL"),
+        completed=sum(1 for s in states.values() if s == "COMPLETE"),
+    )
+
+
+def stop_reason(
+    budget: Budget, tally: TrialTally, *, gpu_used: float, start_time: datetime, now: datetime
+) -> Stop | None:
+    """The first budget rule that stops launches, in order: failures, trials, time, GPUs."""
+    if budget.max_failed_trials is not None and tally.failed >= budget.max_failed_trials:
+        return Stop(
+            R.MAX_FAILED_TRIALS_REACHED,
+            f"{tally.failed} trials failed (maxFailedTrials: {budget.max_failed_trials})",
+        )
+    if tally.asked >= budget.max_trials:
+        return Stop(R.MAX_TRIALS_REACHED, f"all {budget.max_trials} trials were launched")
+    if budget.deadline_seconds is not None and now >= start_time + timedelta(
+        seconds=budget.deadline_seconds
+    ):
+        return Stop(
+            R.DEADLINE_REACHED, f"the study ran for deadlineSeconds ({budget.deadline_seconds})"
+        )
+    if budget.max_gpu_seconds is not None and gpu_used >= budget.max_gpu_seconds:
+        return Stop(
+            R.GPU_BUDGET_EXHAUSTED,
+            f"{gpu_used:.0f} GPU-seconds used (maxGpuSeconds: {budget.max_gpu_seconds})",
+        )
+    return None
+
+
+def seconds_to_deadline(budget: Budget, start_time: datetime, now: datetime) -> float | None:
+    """Seconds until ``deadlineSeconds`` runs out (0 once past), None without a deadline."""
+    if budget.deadline_seconds is None:
+        return None
+    end = start_time + timedelta(seconds=budget.deadline_seconds)
+    return max((end - now).total_seconds(), 0.0)
+
+
+def launches(budget: Budget, tally: TrialTally, *, blocked: bool) -> int:
+    """New trials to launch: the free slots, within ``maxTrials``; none while ``blocked``."""
+    if blocked:
+        return 0
+    free = budget.parallelism - len(tally.occupied)
+    return max(0, min(free, budget.max_trials - tally.asked))

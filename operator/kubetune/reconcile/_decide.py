@@ -1,0 +1,110 @@
+"""The reconcile decision: a short composition of the named steps in the sibling modules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kubetune.jobs import ObservedJob, parse_time
+from kubetune.reconcile._actions import Decision, LaunchTrials
+from kubetune.reconcile._budget import launches, seconds_to_deadline, stop_reason, tally_trials
+from kubetune.reconcile._gpu import gpu_account
+from kubetune.reconcile._study import (
+    completion_time,
+    projected_ledger,
+    study_conditions,
+    study_events,
+    study_state,
+)
+from kubetune.reconcile._trials import (
+    TrialRules,
+    classify_trials,
+    stale_job_deletions,
+    trial_events,
+    trial_states,
+)
+from kubetune.status import LedgerSnapshot, build_status
+
+if TYPE_CHECKING:
+    from kubetune.spec import TuningStudySpec
+
+__all__ = ["DEFAULT_IMAGE_PULL_GRACE_SECONDS", "decide", "earliest", "spec_changed", "spec_hash"]
+
+DEFAULT_IMAGE_PULL_GRACE_SECONDS = 300.0
+
+
+def spec_hash(spec: TuningStudySpec) -> str:
+    """A hash of the parts an Optuna study cannot change (search space, objectives, sampler)."""
+    text = json.dumps(spec.immutable_view(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def spec_changed(spec: TuningStudySpec, ledger: LedgerSnapshot) -> bool:
+    """The immutable parts differ from those the Optuna study was created with."""
+    return ledger.spec_hash is not None and ledger.spec_hash != spec_hash(spec)
+
+
+def earliest(*delays: float | None) -> float | None:
+    """The soonest finite delay, None when there is none."""
+    finite = [d for d in delays if d is not None and math.isfinite(d)]
+    return min(finite) if finite else None
+
+
+def decide(
+    spec: TuningStudySpec,
+    generation: int | None,
+    jobs: Sequence[ObservedJob],
+    ledger: LedgerSnapshot,
+    now: datetime,
+    *,
+    previous_status: Mapping[str, Any] | None = None,
+    image_pull_grace_seconds: float = DEFAULT_IMAGE_PULL_GRACE_SECONDS,
+) -> Decision:
+    """Compute the actions and the new status for one study (see the package docstring)."""
+    prev = dict(previous_status or {})
+    outcomes = classify_trials(
+        ledger.trials, jobs, TrialRules.from_spec(spec, image_pull_grace_seconds), now
+    )
+    tells = outcomes.tells
+    states = trial_states(ledger.trials, tells)
+    gpu = gpu_account(ledger.trials, jobs, ledger.usage, states, gpus=spec.trial.gpus(), now=now)
+    tally = tally_trials(states, jobs)
+    start = parse_time(prev.get("startTime")) or now
+    stop = stop_reason(spec.budget, tally, gpu_used=gpu.used, start_time=start, now=now)
+    invalid = spec_changed(spec, ledger)
+    launch = launches(spec.budget, tally, blocked=invalid or stop is not None or spec.suspend)
+    running = len(tally.occupied) + launch
+    verdict = study_state(tally, stop, running=running, invalid=invalid, suspended=spec.suspend)
+    conditions = study_conditions(
+        verdict, invalid=invalid, suspended=spec.suspend, running=running, stuck=outcomes.stuck
+    )
+    actions = (*outcomes.actions, *stale_job_deletions(jobs, ledger.trials), *gpu.settled)
+    events = (*outcomes.events, *trial_events(tells.values()))
+    deadline = seconds_to_deadline(spec.budget, start, now) if stop is None else None
+    status = build_status(
+        previous=prev,
+        generation=generation,
+        now=now,
+        ledger=projected_ledger(ledger, tells, outcomes.relaunched),
+        directions=[o.direction for o in spec.objectives],
+        max_trials=spec.budget.max_trials,
+        state=verdict.state,
+        message=verdict.message,
+        conditions=conditions,
+        gpu_used=gpu.used,
+        gpu_saved=gpu.saved,
+        start_time=start,
+        completion_time=completion_time(verdict.state, prev, now),
+    )
+    return Decision(
+        actions=(*actions, LaunchTrials(launch)) if launch else actions,
+        status=status,
+        events=(*events, *study_events(prev.get("state"), verdict)),
+        requeue_after=earliest(*outcomes.requeue_after, deadline),
+        state=verdict.state,
+        occupied=running,
+    )

@@ -1,0 +1,85 @@
+"""GPU accounting: settle finished Jobs into the ledger, then what was used and saved."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from kubetune.jobs import ObservedJob
+from kubetune.reconcile._actions import RecordUsage
+from kubetune.reconcile._observed import is_active, job_seconds
+from kubetune.status import TrialRecord, TrialStateName, TrialUsage
+
+__all__ = ["GpuAccount", "gpu_account", "gpu_seconds_saved", "gpu_seconds_used", "settle_usage"]
+
+
+@dataclass(frozen=True)
+class GpuAccount:
+    #: Usage to store for Jobs that finished since the last settlement.
+    settled: tuple[RecordUsage, ...]
+    used: float
+    saved: float
+
+
+def settle_usage(
+    trials: Sequence[TrialRecord],
+    jobs: Iterable[ObservedJob],
+    usage: Mapping[int, TrialUsage],
+    gpus: float,
+    now: datetime,
+) -> tuple[tuple[RecordUsage, ...], dict[int, TrialUsage]]:
+    """Settle the GPU-seconds of finished Jobs whose attempts are not accounted for yet."""
+    known = {t.number for t in trials}
+    finished: dict[int, list[ObservedJob]] = {}
+    for j in jobs:
+        if j.phase in ("Succeeded", "Failed") and j.trial in known:
+            finished.setdefault(j.trial, []).append(j)
+    new_usage = dict(usage)
+    actions: list[RecordUsage] = []
+    for trial, done in sorted(finished.items()):
+        current = usage.get(trial, TrialUsage())
+        fresh = [j for j in done if j.attempt >= current.attempts]
+        if not fresh:
+            continue
+        seconds = current.gpu_seconds + sum(job_seconds(j, now) * gpus for j in fresh)
+        attempts = max(j.attempt for j in fresh) + 1
+        new_usage[trial] = TrialUsage(attempts, seconds)
+        actions.append(RecordUsage(trial, attempts, round(seconds, 3)))
+    return tuple(actions), new_usage
+
+
+def gpu_seconds_used(
+    usage: Mapping[int, TrialUsage], jobs: Iterable[ObservedJob], gpus: float, now: datetime
+) -> float:
+    """Settled usage plus what the live Jobs have run so far."""
+    settled = sum(u.gpu_seconds for u in usage.values())
+    return settled + sum(job_seconds(j, now) * gpus for j in jobs if is_active(j))
+
+
+def gpu_seconds_saved(
+    usage: Mapping[int, TrialUsage], states: Mapping[int, TrialStateName]
+) -> float:
+    """What each pruned trial did not use, against the mean of the complete trials."""
+    full = [usage[n].gpu_seconds for n, s in states.items() if s == "COMPLETE" and n in usage]
+    mean_full = sum(full) / len(full) if full else 0.0
+    return sum(
+        max(0.0, mean_full - usage[n].gpu_seconds)
+        for n, s in states.items()
+        if s == "PRUNED" and n in usage
+    )
+
+
+def gpu_account(
+    trials: Sequence[TrialRecord],
+    jobs: Sequence[ObservedJob],
+    usage: Mapping[int, TrialUsage],
+    states: Mapping[int, TrialStateName],
+    *,
+    gpus: float,
+    now: datetime,
+) -> GpuAccount:
+    settled, after = settle_usage(trials, jobs, usage, gpus, now)
+    return GpuAccount(
+        settled, gpu_seconds_used(after, jobs, gpus, now), gpu_seconds_saved(after, states)
+    )

@@ -1,0 +1,222 @@
+"""Study-level steps: its state, its conditions, the Events of a state change, its status."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from kubetune import reasons as R  # noqa: N812 - short, read like an enum
+from kubetune.jobs import ObservedJob, parse_time
+from kubetune.reconcile._actions import EventSpec, Tell
+from kubetune.reconcile._budget import Stop, TrialTally
+from kubetune.status import (
+    ConditionSpec,
+    LedgerSnapshot,
+    StudyState,
+    TrialRecord,
+    build_status,
+)
+
+__all__ = [
+    "IMMUTABLE_FIELD_MESSAGE",
+    "StudyVerdict",
+    "completion_time",
+    "pods_healthy_condition",
+    "projected_ledger",
+    "storage_error_status",
+    "study_conditions",
+    "study_events",
+    "study_state",
+]
+
+IMMUTABLE_FIELD_MESSAGE = (
+    "searchSpace, objectives and sampler cannot change after the study started; "
+    "revert them or create a new TuningStudy (running trials finish, no new ones start)"
+)
+
+
+@dataclass(frozen=True)
+class StudyVerdict:
+    """The study's state, the reason for it (a CamelCase constant) and a sentence."""
+
+    state: StudyState
+    reason: str
+    message: str
+
+
+def study_state(
+    tally: TrialTally, stop: Stop | None, *, running: int, invalid: bool, suspended: bool
+) -> StudyVerdict:
+    """Invalid, else finished once stopped with nothing running, else suspended, running or
+    pending. ``running`` counts the trials holding a slot after this pass's launches."""
+    if invalid:
+        return StudyVerdict("Invalid", R.IMMUTABLE_FIELD_CHANGED, IMMUTABLE_FIELD_MESSAGE)
+    if stop is not None and running == 0:
+        if stop.reason == R.MAX_FAILED_TRIALS_REACHED or tally.completed == 0:
+            suffix = "" if tally.completed else "; no trial completed"
+            return StudyVerdict("Failed", stop.reason, stop.message + suffix)
+        return StudyVerdict("Succeeded", stop.reason, stop.message)
+    if suspended:
+        return StudyVerdict(
+            "Suspended", R.STUDY_SUSPENDED, f"spec.suspend is true; {running} trials still running"
+        )
+    if stop is not None:
+        return StudyVerdict("Running", stop.reason, f"{stop.message}; waiting for {running} trials")
+    if running > 0 or tally.asked > 0:
+        return StudyVerdict("Running", R.STUDY_RUNNING, f"{running} trials running")
+    return StudyVerdict("Pending", R.WAITING_FOR_SLOTS, "no trial launched yet")
+
+
+def _flag(value: bool) -> Literal["True", "False"]:
+    return "True" if value else "False"
+
+
+def _outcome_condition(ctype: str, verdict: StudyVerdict) -> ConditionSpec:
+    """``Succeeded`` or ``Failed``: True with the study's reason once it ended that way."""
+    if verdict.state == ctype:
+        return ConditionSpec(ctype, "True", verdict.reason, verdict.message)
+    return ConditionSpec(ctype, "False", R.TRIALS_IN_PROGRESS, "")
+
+
+def pods_healthy_condition(stuck: Sequence[ObservedJob]) -> ConditionSpec:
+    """False while trial pods cannot start; an image pull problem is named before scheduling."""
+    if not stuck:
+        return ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_OK, "")
+    pulls = [j for j in stuck if j.waiting_reason != "Unschedulable"]
+    worst = pulls[0] if pulls else stuck[0]
+    return ConditionSpec(
+        R.COND_PODS_HEALTHY,
+        "False",
+        R.IMAGE_PULL_FAILED if pulls else R.UNSCHEDULABLE,
+        f"{len(stuck)} trial pods cannot start; Job {worst.name}: "
+        f"{worst.waiting_reason} {worst.waiting_message}".strip(),
+    )
+
+
+def study_conditions(
+    verdict: StudyVerdict,
+    *,
+    invalid: bool,
+    suspended: bool,
+    running: int,
+    stuck: Sequence[ObservedJob],
+) -> list[ConditionSpec]:
+    """Every condition the study has, in a fixed order (see docs/architecture.md)."""
+    return [
+        ConditionSpec(R.COND_READY, _flag(not invalid), verdict.reason, verdict.message),
+        ConditionSpec(
+            R.COND_INVALID,
+            _flag(invalid),
+            R.IMMUTABLE_FIELD_CHANGED if invalid else R.SPEC_VALID,
+            verdict.message if invalid else "",
+        ),
+        ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_OK, ""),
+        ConditionSpec(
+            R.COND_RUNNING,
+            _flag(running > 0),
+            R.STUDY_RUNNING if running > 0 else verdict.reason,
+            f"{running} trials running",
+        ),
+        ConditionSpec(
+            R.COND_SUSPENDED,
+            _flag(suspended),
+            R.STUDY_SUSPENDED if suspended else R.STUDY_RUNNING,
+            "",
+        ),
+        _outcome_condition(R.COND_SUCCEEDED, verdict),
+        _outcome_condition(R.COND_FAILED, verdict),
+        pods_healthy_condition(stuck),
+    ]
+
+
+_STATE_EVENTS: Mapping[StudyState, tuple[Literal["Normal", "Warning"], str, str]] = {
+    "Succeeded": ("Normal", R.STUDY_SUCCEEDED, "Study succeeded: "),
+    "Failed": ("Warning", R.STUDY_FAILED, "Study failed: "),
+    "Invalid": ("Warning", R.IMMUTABLE_FIELD_CHANGED, ""),
+    "Suspended": ("Normal", R.STUDY_SUSPENDED, ""),
+}
+
+
+def study_events(previous_state: object, verdict: StudyVerdict) -> tuple[EventSpec, ...]:
+    """One Event when the state changes: started, succeeded, failed, invalid or suspended."""
+    if verdict.state == previous_state:
+        return ()
+    if verdict.state == "Running":
+        if previous_state in (None, "Pending"):
+            return (EventSpec("Normal", R.STUDY_STARTED, f"Study started: {verdict.message}"),)
+        return ()
+    if verdict.state not in _STATE_EVENTS:
+        return ()
+    kind, reason, prefix = _STATE_EVENTS[verdict.state]
+    return (EventSpec(kind, reason, prefix + verdict.message),)
+
+
+def completion_time(
+    state: StudyState, previous: Mapping[str, Any], now: datetime
+) -> datetime | None:
+    """When the study ended (kept from the previous status), None while it has not."""
+    if state not in ("Succeeded", "Failed"):
+        return None
+    return parse_time(previous.get("completionTime")) or now
+
+
+def projected_ledger(
+    ledger: LedgerSnapshot, tells: Mapping[int, Tell], relaunched: Mapping[int, int]
+) -> LedgerSnapshot:
+    """The snapshot as it will be once the actions are applied (so the status is current)."""
+    if not tells and not relaunched:
+        return ledger
+    trials: list[TrialRecord] = []
+    for t in ledger.trials:
+        tell = tells.get(t.number)
+        if t.number in relaunched:
+            trials.append(dataclasses.replace(t, attempt=relaunched[t.number]))
+        elif tell is None:
+            trials.append(t)
+        else:
+            trials.append(
+                dataclasses.replace(
+                    t, state=tell.state, values=tell.values, fail_reason=tell.reason
+                )
+            )
+    return LedgerSnapshot(ledger.study_name, tuple(trials), ledger.spec_hash, ledger.usage)
+
+
+def storage_error_status(
+    previous: Mapping[str, Any] | None, *, generation: int | None, now: datetime, message: str
+) -> dict[str, Any]:
+    """The status while the ledger is unreachable: everything else is kept as it was.
+
+    ``generation`` is not used: the spec was not reconciled, so observedGeneration stays.
+    """
+    del generation
+    prev = dict(previous or {})
+    conditions = [
+        ConditionSpec(
+            str(c["type"]), c["status"], str(c.get("reason", "")), str(c.get("message", ""))
+        )
+        for c in prev.get("conditions") or []
+        if isinstance(c, Mapping)
+        and c.get("type") not in (R.COND_STORAGE_REACHABLE, R.COND_READY)
+        and c.get("status") in ("True", "False", "Unknown")
+    ]
+    conditions.append(ConditionSpec(R.COND_READY, "False", R.STORAGE_ERROR, message))
+    conditions.append(ConditionSpec(R.COND_STORAGE_REACHABLE, "False", R.STORAGE_ERROR, message))
+    return build_status(
+        previous=prev,
+        generation=prev.get("observedGeneration"),
+        now=now,
+        ledger=None,
+        directions=(),
+        max_trials=None,
+        state=prev.get("state") or "Pending",
+        message=prev.get("message") or message,
+        conditions=conditions,
+        gpu_used=0.0,
+        gpu_saved=0.0,
+        start_time=parse_time(prev.get("startTime")),
+        completion_time=parse_time(prev.get("completionTime")),
+    )

@@ -58,7 +58,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     con.print(f"[bold]TuningStudy {ts.metadata.name}[/bold] is valid.")
     table = Table("parameter", "distribution", "when", title="Search space")
     for p in spec.search_space:
-        when = f"{p.when.param} in {list(p.when.in_)}" if p.when else ""
+        when = p.when.describe() if p.when else ""
         table.add_row(p.name, repr(distributions(spec)[p.name]), when)
     con.print(table)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -47,13 +47,13 @@ def distributions(spec: TuningStudySpec) -> dict[str, BaseDistribution]:
 
 
 def active(p: Parameter, chosen: dict[str, Any]) -> bool:
-    """Whether a conditional parameter applies given the values chosen before it."""
+    """Whether a conditional parameter applies given the values chosen before it: its parent
+    was sampled (a parent can be conditional too) and has one of the ``when`` values."""
     if p.when is None:
         return True
     if p.when.param not in chosen:
         return False
-    v = chosen[p.when.param]
-    return any(type(c) is type(v) and c == v for c in p.when.in_)
+    return p.when.matches(chosen[p.when.param])
 
 
 def suggest_params(trial: optuna.Trial, spec: TuningStudySpec) -> dict[str, Any]:

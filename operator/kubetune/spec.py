@@ -921,6 +921,9 @@ def _is_int(v: object) -> TypeGuard[int]:
 
 def _check_strategy(spec: TuningStudySpec) -> None:
     """Sampler, pruner, objectives and result mode fit together."""
+    names = [o.name for o in spec.objectives]
+    if len(set(names)) != len(names):
+        raise ValueError("objective names must be unique")
     if spec.sampler.type == "Grid":
         points = 1
         for p in spec.search_space:
@@ -943,9 +946,6 @@ def _check_strategy(spec: TuningStudySpec) -> None:
         raise ValueError("pruning works with a single objective only (set pruner.type: None)")
     if spec.pruner.type != "None" and spec.trial.result.from_ != "Reporter":
         raise ValueError("pruning needs trial.result.from: Reporter")
-    names = [o.name for o in spec.objectives]
-    if len(set(names)) != len(names):
-        raise ValueError("objective names must be unique")
 
 
 def _check_enqueued(enqueued: list[dict[str, Scalar]], params: dict[str, Parameter]) -> None:

@@ -181,3 +181,109 @@ def test_grid_study_tells_the_last_point_under_ask_and_tell() -> None:
         t = study.ask()
         study.tell(t, suggest_params(t, spec)["lr"])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def _sampled(spec: TuningStudySpec, trials: int = 40) -> list[dict[str, Any]]:
+    study = optuna.create_study(sampler=make_sampler(spec), directions=directions(spec))
+    out = []
+    for _ in range(trials):
+        trial = study.ask()
+        params = suggest_params(trial, spec)
+        out.append(params)
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_int_parent_with_a_range_condition_as_optuna_users_write_it() -> None:
+    """`n_layers = suggest_int(1, 3); if n_layers >= 2: suggest n_units_l2` (and l3 for 3)."""
+    spec = _spec(
+        sampler={"type": "Random", "seed": 3},
+        searchSpace=[
+            {"name": "n_layers", "int": {"low": 1, "high": 3}},
+            {"name": "n_units_l1", "int": {"low": 4, "high": 128, "log": True}},
+            {
+                "name": "n_units_l2",
+                "int": {"low": 4, "high": 128, "log": True},
+                "when": {"param": "n_layers", "atLeast": 2},
+            },
+            {
+                "name": "n_units_l3",
+                "int": {"low": 4, "high": 128, "log": True},
+                "when": {"param": "n_layers", "atLeast": 3},
+            },
+        ],
+    )
+    seen = set()
+    for params in _sampled(spec):
+        n = params["n_layers"]
+        seen.add(n)
+        assert [k for k in params if k.startswith("n_units")] == [
+            f"n_units_l{i}" for i in range(1, n + 1)
+        ], params  # present exactly for the layers that exist, in spec order
+    assert seen == {1, 2, 3}
+
+
+def test_int_parent_with_in_values_and_a_bounded_range() -> None:
+    spec = _spec(
+        sampler={"type": "Random", "seed": 5},
+        searchSpace=[
+            {"name": "depth", "int": {"low": 0, "high": 8, "step": 2}},
+            {
+                "name": "even",
+                "float": {"low": 0, "high": 1},
+                "when": {"param": "depth", "in": [2, 6]},
+            },
+            {
+                "name": "mid",
+                "float": {"low": 0, "high": 1},
+                "when": {"param": "depth", "atLeast": 3, "atMost": 6},
+            },
+        ],
+    )
+    for params in _sampled(spec):
+        d = params["depth"]
+        assert ("even" in params) == (d in (2, 6))
+        assert ("mid" in params) == (3 <= d <= 6)
+
+
+def test_bool_parent_and_a_chain_of_conditions() -> None:
+    """A boolean parameter is a categorical with choices [true, false]; a condition's parent
+    may itself be conditional (then the child exists only when both hold)."""
+    spec = _spec(
+        sampler={"type": "Random", "seed": 7},
+        searchSpace=[
+            {"name": "optimizer", "categorical": {"choices": ["sgd", "adam"]}},
+            {
+                "name": "nesterov",
+                "categorical": {"choices": [True, False]},
+                "when": {"param": "optimizer", "in": ["sgd"]},
+            },
+            {
+                "name": "momentum",
+                "float": {"low": 0.5, "high": 0.99},
+                "when": {"param": "nesterov", "in": [True]},
+            },
+        ],
+    )
+    combos = set()
+    for params in _sampled(spec, 60):
+        combos.add((params["optimizer"], params.get("nesterov"), "momentum" in params))
+    assert combos == {("adam", None, False), ("sgd", False, False), ("sgd", True, True)}
+
+
+def test_an_enqueued_trial_leaves_inactive_parameters_out() -> None:
+    spec = _spec(
+        searchSpace=[
+            {"name": "n_layers", "int": {"low": 1, "high": 3}},
+            {
+                "name": "n_units_l2",
+                "int": {"low": 4, "high": 64},
+                "when": {"param": "n_layers", "atLeast": 2},
+            },
+        ],
+    )
+    study = optuna.create_study(sampler=make_sampler(spec), directions=directions(spec))
+    study.enqueue_trial({"n_layers": 1})
+    study.enqueue_trial({"n_layers": 2, "n_units_l2": 16})
+    assert suggest_params(study.ask(), spec) == {"n_layers": 1}
+    assert suggest_params(study.ask(), spec) == {"n_layers": 2, "n_units_l2": 16}

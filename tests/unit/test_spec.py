@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import glob
 from pathlib import Path
 from typing import Any
@@ -12,44 +11,31 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubetune.spec import SpecError, load_manifest, parse_manifest
-from support.crd_check import crd_errors
+from kubetune.spec import Condition_, SpecError, load_manifest, parse_manifest
+from support.crd_check import (
+    BAD_EDITS,
+    DELETE,
+    GOOD_EDITS,
+    BadEdit,
+    crd_errors,
+    edited,
+    good_manifest,
+    study_manifest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(glob.glob(str(ROOT / "examples" / "*.yaml")))
 
 
-def _base() -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": "demo"},
-        "spec": {
-            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
-            "searchSpace": [
-                {"name": "lr", "float": {"low": 1e-4, "high": 0.1, "log": True}},
-                {"name": "optimizer", "categorical": {"choices": ["sgd", "adam"]}},
-                {
-                    "name": "momentum",
-                    "float": {"low": 0.0, "high": 0.99},
-                    "when": {"param": "optimizer", "in": ["sgd"]},
-                },
-            ],
-            "sampler": {"type": "TPE", "seed": 1},
-            "pruner": {"type": "Median"},
-            "budget": {"maxTrials": 10, "parallelism": 2},
-            "trial": {
-                "template": {
-                    "spec": {"containers": [{"name": "t", "image": "img", "args": ["--x"]}]}
-                }
-            },
-        },
-    }
-
-
 def test_examples_exist_and_cover_the_cases() -> None:
     names = {Path(e).name for e in EXAMPLES}
-    assert {"quickstart.yaml", "gpu-cnn-study.yaml", "multi-objective.yaml", "grid.yaml"} <= names
+    assert {
+        "quickstart.yaml",
+        "gpu-cnn-study.yaml",
+        "multi-objective.yaml",
+        "grid.yaml",
+        "conditional.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).name)
@@ -72,95 +58,21 @@ def test_seed_parameters_are_expressible() -> None:
     assert ts.spec.trial.gpus() == 1.0
 
 
-def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(doc)
-    node: Any = doc
-    parts = path.split(".")
-    for part in parts[:-1]:
-        node = node[int(part)] if part.isdigit() else node[part]
-    last = parts[-1]
-    if value is _DELETE:
-        del node[int(last) if last.isdigit() else last]
-    elif last.isdigit():
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return doc
-
-
-_DELETE = object()
-
-# (id, path, value, words the model's message must contain, CRD also refuses it)
-BAD_CASES: list[tuple[str, str, Any, str, bool]] = [
-    ("low-not-below-high", "spec.searchSpace.0.float.low", 1.0, "less than high", True),
-    ("log-with-nonpositive-low", "spec.searchSpace.0.float.low", -1.0, "log range", True),
-    ("wrong-type-low", "spec.searchSpace.0.float.low", "small", "searchSpace[0].float.low", True),
-    ("empty-choices", "spec.searchSpace.1.categorical.choices", [], "at least 1", True),
-    ("duplicate-choices", "spec.searchSpace.1.categorical.choices", ["a", "a"], "distinct", False),
-    ("unknown-sampler", "spec.sampler.type", "Bayes", "sampler.type", True),
-    ("unknown-pruner", "spec.pruner.type", "Magic", "pruner.type", True),
-    ("missing-objectives", "spec.objectives", _DELETE, "objectives", True),
-    ("bad-direction", "spec.objectives.0.direction", "up", "direction", True),
-    ("when-missing-param", "spec.searchSpace.2.when.param", "nope", "earlier parameter", True),
-    ("when-value-not-a-choice", "spec.searchSpace.2.when.in", ["rmsprop"], "not choices", False),
-    ("two-kinds", "spec.searchSpace.0.int", {"low": 1, "high": 3}, "exactly one", True),
-    ("no-kind", "spec.searchSpace.0.float", _DELETE, "exactly one", True),
-    ("duplicate-names", "spec.searchSpace.1.name", "lr", "used twice", True),
-    ("zero-parallelism", "spec.budget.parallelism", 0, "budget.parallelism", True),
-    ("negative-trials", "spec.budget.maxTrials", -5, "budget.maxTrials", True),
-    ("no-containers", "spec.trial.template.spec.containers", [], "at least one container", False),
-    ("no-template", "spec.trial.template", _DELETE, "template", True),
-    ("unknown-field", "spec.colour", "blue", "colour", False),
-    ("bad-name", "metadata.name", "Not_A_Name", "DNS-1123", True),
-    ("unicode-param-name", "spec.searchSpace.0.name", "lérning_rate", "searchSpace[0].name", True),
-    ("option-of-other-sampler", "spec.sampler.populationSize", 10, "does not apply", True),
-    (
-        "pruning-with-termination-message",
-        "spec.trial.result",
-        {"from": "TerminationMessage"},
-        "Reporter",
-        True,
-    ),
-    (
-        "int-log-from-zero",
-        "spec.searchSpace.0",
-        {"name": "lr", "int": {"low": 0, "high": 9, "log": True}},
-        "low >= 1",
-        True,
-    ),
-    ("percentile-without-value", "spec.pruner", {"type": "Percentile"}, "needs percentile", True),
-    ("enqueue-unknown-param", "spec.enqueueTrials", [{"depth": 3}], "unknown parameters", False),
-    ("enqueue-out-of-range", "spec.enqueueTrials", [{"lr": 5.0}], "outside its range", False),
-    (
-        "huge-choices",
-        "spec.searchSpace.1.categorical.choices",
-        list(range(5000)),
-        "at most 1000",
-        True,
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("path", "value", "words", "crd_refuses"),
-    [c[1:] for c in BAD_CASES],
-    ids=[c[0] for c in BAD_CASES],
-)
-def test_bad_manifest_gives_clear_error_and_crd_agrees(
-    path: str, value: Any, words: str, crd_refuses: bool
-) -> None:
-    doc = _set(_base(), path, value)
+@pytest.mark.parametrize("case", BAD_EDITS, ids=lambda c: c.id)
+def test_bad_manifest_gives_clear_error_and_crd_agrees(case: BadEdit) -> None:
+    doc = case.apply(study_manifest())
     with pytest.raises(SpecError) as err:
         parse_manifest(doc)
-    assert words in str(err.value)
+    assert case.model_says in str(err.value)
     assert "Traceback" not in str(err.value)
     # Where the schema or a CEL rule can express the rule, the API server refuses it too;
     # the rest is refused by the operator with an Invalid condition.
-    assert bool(crd_errors(doc)) is crd_refuses
+    errors = crd_errors(doc)
+    assert bool(errors) is (case.server_field is not None), errors
 
 
 def test_multi_objective_rules() -> None:
-    doc = _base()
+    doc = study_manifest()
     doc["spec"]["objectives"].append({"name": "seconds", "direction": "minimize"})
     with pytest.raises(SpecError, match="single objective"):
         parse_manifest(doc)
@@ -176,12 +88,12 @@ def test_multi_objective_rules() -> None:
 
 
 def test_grid_needs_finite_space() -> None:
-    doc = _set(_base(), "spec.sampler", {"type": "Grid"})
+    doc = edited(study_manifest(), "spec.sampler", {"type": "Grid"})
     with pytest.raises(SpecError, match="finite space"):
         parse_manifest(doc)
     assert any("finite space" in e for e in crd_errors(doc))
-    doc = _set(doc, "spec.searchSpace.0.float", {"low": 0.1, "high": 0.5, "step": 0.1})
-    doc = _set(doc, "spec.searchSpace.2.float", {"low": 0.0, "high": 0.9, "step": 0.3})
+    doc = edited(doc, "spec.searchSpace.0.float", {"low": 0.1, "high": 0.5, "step": 0.1})
+    doc = edited(doc, "spec.searchSpace.2.float", {"low": 0.0, "high": 0.9, "step": 0.3})
     parse_manifest(doc)
     assert crd_errors(doc) == []
 
@@ -256,10 +168,10 @@ _paths = st.sampled_from(
 def test_hostile_manifests_never_raise_anything_but_spec_error(
     edits: list[tuple[str, Any]],
 ) -> None:
-    doc: Any = _base()
+    doc: Any = study_manifest()
     for path, value in edits:
         try:
-            doc = _set(doc, path, value)
+            doc = edited(doc, path, value)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier edit removed the parent: keep what we have
     try:
@@ -278,7 +190,9 @@ def test_hostile_manifests_never_raise_anything_but_spec_error(
     log=st.booleans(),
 )
 def test_float_ranges_model_and_crd_agree(low: float, high: float, log: bool) -> None:
-    doc = _set(_base(), "spec.searchSpace.0.float", {"low": low, "high": high, "log": log})
+    doc = edited(
+        study_manifest(), "spec.searchSpace.0.float", {"low": low, "high": high, "log": log}
+    )
     try:
         parse_manifest(doc)
         model_ok = True
@@ -290,3 +204,63 @@ def test_float_ranges_model_and_crd_agree(low: float, high: float, log: bool) ->
         assert model_ok == (not crd_errors(doc))
     else:
         assert not model_ok
+
+
+@pytest.mark.parametrize("edit_id", sorted(GOOD_EDITS))
+def test_edges_of_the_rules_are_valid_in_model_and_crd(edit_id: str) -> None:
+    doc = good_manifest(edit_id)
+    parse_manifest(doc)
+    assert crd_errors(doc) == []
+
+
+def _updated(old: dict[str, Any], path: str, value: Any) -> list[str]:
+    return crd_errors(edited(old, path, value), old=old)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "words"),
+    [
+        ("spec.searchSpace.0.float.high", 0.5, "searchSpace cannot change"),
+        ("spec.objectives.0.direction", "minimize", "objectives cannot change"),
+        ("spec.sampler.seed", 2, "sampler cannot change"),
+        ("spec.sampler", DELETE, "sampler cannot change"),
+        ("spec.pruner.type", "None", "pruner.type cannot change"),
+        ("spec.pruner", DELETE, "pruner.type cannot change"),
+        ("spec.trial.result", {"from": "TerminationMessage"}, "trial.result.from cannot change"),
+    ],
+)
+def test_fields_fixed_at_creation_refuse_edits(path: str, value: Any, words: str) -> None:
+    old = (
+        edited(study_manifest(), "spec.pruner", {"type": "None"})
+        if "result" in path
+        else (study_manifest())
+    )
+    assert any(words in e for e in _updated(old, path, value))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.budget.parallelism", 5),
+        ("spec.budget.maxTrials", 100),
+        ("spec.suspend", True),
+        ("spec.pruner.nStartupTrials", 3),
+        ("spec.pruner.type", "Median"),  # unchanged, spelled out again
+        ("spec.enqueueTrials", [{"lr": 0.01}]),
+        ("spec.trial.template.spec.containers.0.image", "img:2"),
+    ],
+)
+def test_budget_suspend_and_the_rest_stay_editable(path: str, value: Any) -> None:
+    assert _updated(study_manifest(), path, value) == []
+
+
+def test_condition_describes_and_matches_its_values() -> None:
+    ranged = Condition_.model_validate({"param": "n", "atLeast": 2})
+    assert ranged.describe() == "n >= 2"
+    assert [ranged.matches(v) for v in (1, 2, 9, True, 2.0)] == [False, True, True, False, False]
+    both = Condition_.model_validate({"param": "n", "atLeast": 2, "atMost": 3})
+    assert both.describe() == "2 <= n <= 3"
+    assert Condition_.model_validate({"param": "n", "atMost": 3}).describe() == "n <= 3"
+    listed = Condition_.model_validate({"param": "opt", "in": ["sgd", True]})
+    assert listed.describe() == "opt in ['sgd', True]"
+    assert [listed.matches(v) for v in ("sgd", True, 1, "adam")] == [True, True, False, False]

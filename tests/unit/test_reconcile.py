@@ -21,6 +21,7 @@ from kubetune.reconcile import (
     CreateJob,
     Decision,
     DeleteJob,
+    ExpectedJob,
     LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
@@ -29,6 +30,7 @@ from kubetune.reconcile import (
     spec_hash,
     storage_error_status,
 )
+from kubetune.reconcile._decide import spec_changed
 from kubetune.spec import TuningStudySpec, parse_manifest
 from kubetune.status import LedgerSnapshot, TrialRecord, TrialStateName, TrialUsage
 
@@ -156,6 +158,10 @@ class World:
 
     def running_jobs(self) -> list[str]:
         return sorted(n for n, j in self.jobs.items() if j.phase == "Active")
+
+
+def of_type(d: Decision, kind: type[Any]) -> list[Any]:
+    return [a for a in d.actions if isinstance(a, kind)]
 
 
 def assert_settled(world: World) -> Decision:
@@ -507,6 +513,45 @@ def test_multi_objective_status_has_a_pareto_front() -> None:
     world.finish(1, termination_message='{"values": [0.8, 1.0]}')
     d = world.step()
     assert [t["number"] for t in d.status["paretoFront"]] == [0, 1]
+
+
+def test_expected_job_holds_its_slot_until_the_watch_shows_it() -> None:
+    """A Job just created but not yet in the index: neither launched again nor 'deleted'."""
+    world = World(make_spec(budget={"parallelism": 2}))
+    world.step()
+    unseen = world.jobs.pop("demo-1")  # created (job_created=0), the watch lags
+    expected = [ExpectedJob(unseen.name, unseen.trial, unseen.attempt)]
+    d = world.decide(expected=expected)
+    assert d.actions == () and d.occupied == 2
+    assert d.status == world.decide(expected=expected).status
+    # Without the expectation the same world reads as a deleted Job (the retry path).
+    assert of_type(world.decide(), RelaunchAttempt) == [
+        RelaunchAttempt(1, 1, {"lr": 0.02}, R.JOB_DELETED)
+    ]
+    # Once the watch shows it, the expectation changes nothing.
+    world.jobs[unseen.name] = unseen
+    assert world.decide(expected=expected) == world.decide()
+
+
+def test_expected_job_of_a_new_launch_keeps_parallelism() -> None:
+    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 2}))
+    world.step()
+    world.report(0, "COMPLETE", 0.5)
+    world.finish(0)
+    # The shell launched trial 2; its Job is not in the index yet.
+    world.trials[2] = TrialRecord(2, "RUNNING", {"lr": 0.03}, job_created=0)
+    d = world.decide(expected=[ExpectedJob("demo-2", 2, 0)])
+    assert of_type(d, LaunchTrials) == [] and of_type(d, RelaunchAttempt) == []
+    assert d.occupied == 2
+
+
+def test_spec_changed_only_for_immutable_fields() -> None:
+    spec = make_spec()
+    ledger = LedgerSnapshot("s", (), spec_hash(spec))
+    assert not spec_changed(spec, ledger)
+    assert not spec_changed(make_spec(budget={"parallelism": 5}, suspend=True), ledger)
+    assert spec_changed(make_spec(lr_high=0.5), ledger)
+    assert not spec_changed(make_spec(lr_high=0.5), LedgerSnapshot("s"))  # new study: no hash
 
 
 # --- a random world: invariants hold whatever happens ---------------------------------------

@@ -10,7 +10,8 @@ conditions and Events (``_study``).
 
 Rules (each tested in tests/unit/test_reconcile.py):
 
-- Slots: a trial occupies a slot while it is RUNNING in the ledger or has an active Job;
+- Slots: a trial occupies a slot while it is RUNNING in the ledger or has an active Job (a Job
+  created but not yet seen by the watch, passed in as ``expected``, counts as active);
   ``parallelism`` is never exceeded, and ``maxTrials`` counts every asked trial.
 - A RUNNING trial whose current attempt has no Job: if the Job was never confirmed created
   (``job_created < attempt``: the operator crashed between ask and create) it is created now;
@@ -46,6 +47,7 @@ from kubetune.reconcile._actions import (
     Tell,
 )
 from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
+from kubetune.reconcile._observed import ExpectedJob
 from kubetune.reconcile._study import storage_error_status
 from kubetune.reconcile._trials import MAX_LOG_TAIL_CHARS
 
@@ -57,6 +59,7 @@ __all__ = [
     "Decision",
     "DeleteJob",
     "EventSpec",
+    "ExpectedJob",
     "LaunchTrials",
     "RecordUsage",
     "RelaunchAttempt",

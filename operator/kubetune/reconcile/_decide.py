@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from kubetune.jobs import ObservedJob, parse_time
 from kubetune.reconcile._actions import Decision, LaunchTrials
 from kubetune.reconcile._budget import launches, seconds_to_deadline, stop_reason, tally_trials
 from kubetune.reconcile._gpu import gpu_account
+from kubetune.reconcile._observed import ExpectedJob, with_expectations
 from kubetune.reconcile._study import (
     completion_time,
     projected_ledger,
@@ -62,10 +63,16 @@ def decide(
     now: datetime,
     *,
     previous_status: Mapping[str, Any] | None = None,
+    expected: Collection[ExpectedJob] = (),
     image_pull_grace_seconds: float = DEFAULT_IMAGE_PULL_GRACE_SECONDS,
 ) -> Decision:
-    """Compute the actions and the new status for one study (see the package docstring)."""
+    """Compute the actions and the new status for one study (see the package docstring).
+
+    ``jobs`` are the study's Jobs as the watch shows them; ``expected`` are Jobs created since
+    that the watch has not shown yet (each counts as a live Job of its trial's attempt).
+    """
     prev = dict(previous_status or {})
+    jobs = with_expectations(jobs, expected)
     outcomes = classify_trials(
         ledger.trials, jobs, TrialRules.from_spec(spec, image_pull_grace_seconds), now
     )

@@ -1,0 +1,294 @@
+"""Per-trial steps of the reconcile (kubetune.reconcile._trials, ._observed), each alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubetune import reasons as R  # noqa: N812
+from kubetune.jobs import JobPhase, ObservedJob
+from kubetune.reconcile import CreateJob, DeleteJob, EventSpec, ExpectedJob, RelaunchAttempt, Tell
+from kubetune.reconcile._observed import (
+    current_attempt_jobs,
+    is_active,
+    job_seconds,
+    with_expectations,
+)
+from kubetune.reconcile._trials import (
+    MAX_LOG_TAIL_CHARS,
+    TrialOutcomes,
+    TrialRules,
+    TrialVerdict,
+    classify_trial,
+    classify_trials,
+    stale_job_deletions,
+    trial_events,
+    trial_states,
+)
+from kubetune.status import TrialRecord
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+RULES = TrialRules(
+    max_retries=1,
+    reporter=True,
+    objectives=1,
+    active_deadline_seconds=60,
+    image_pull_grace_seconds=120.0,
+)
+PARAMS = {"lr": 0.01}
+
+
+def running(number: int = 0, **fields: Any) -> TrialRecord:
+    """A RUNNING trial whose attempt-0 Job was created (override any field)."""
+    defaults: dict[str, Any] = {"state": "RUNNING", "params": PARAMS, "job_created": 0}
+    return TrialRecord(number, **(defaults | fields))
+
+
+def job(trial: int = 0, attempt: int = 0, phase: JobPhase = "Active", **fields: Any) -> ObservedJob:
+    return ObservedJob(f"demo-{trial}-a{attempt}", trial, attempt, phase, **fields)
+
+
+def tell_of(v: TrialVerdict) -> Tell:
+    (tell,) = [a for a in v.actions if isinstance(a, Tell)]
+    return tell
+
+
+# --- _observed -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "deleting", "active"),
+    [
+        ("Active", False, True),
+        ("Suspended", False, True),  # queued by Kueue: it holds its slot
+        ("Active", True, False),
+        ("Succeeded", False, False),
+        ("Failed", False, False),
+    ],
+)
+def test_is_active(phase: JobPhase, deleting: bool, active: bool) -> None:
+    assert is_active(job(phase=phase, deleting=deleting)) is active
+
+
+def test_job_seconds_until_completion_or_now() -> None:
+    started = job(start_time=T0)
+    assert job_seconds(started, T0 + timedelta(seconds=30)) == 30
+    done = job(phase="Failed", start_time=T0, completion_time=T0 + timedelta(seconds=5))
+    assert job_seconds(done, T0 + timedelta(hours=1)) == 5
+    # Finished without a completion time: until now. Never started: nothing.
+    assert job_seconds(job(phase="Succeeded", start_time=T0), T0 + timedelta(seconds=7)) == 7
+    assert job_seconds(job(), T0 + timedelta(hours=1)) == 0
+    assert job_seconds(job(start_time=T0 + timedelta(seconds=9)), T0) == 0  # clock skew
+
+
+def test_current_attempt_jobs_skip_jobs_being_deleted() -> None:
+    gone, live = job(0, 0, deleting=True), job(1, 0)
+    assert current_attempt_jobs([gone, live]) == {(1, 0): live}
+
+
+def test_expected_jobs_stand_in_until_the_watch_shows_them() -> None:
+    seen = job(0, 0)
+    expected = [
+        ExpectedJob(seen.name, 0, 0),  # the watch delivered it: the real one is used
+        ExpectedJob("demo-1", 1, 0),
+        ExpectedJob("demo-1", 1, 0),  # expected twice: one stand-in
+    ]
+    assert with_expectations([seen], expected) == (seen, ObservedJob("demo-1", 1, 0, "Active"))
+    assert with_expectations([seen], ()) == (seen,)
+
+
+# --- classify_trial: one verdict per rule ---------------------------------------------------
+
+
+def test_interrupted_ask_fails() -> None:
+    v = classify_trial(running(asked=False), job(), RULES, T0)
+    assert (tell_of(v).state, tell_of(v).reason) == ("FAIL", R.ASK_INTERRUPTED)
+
+
+def test_missing_job_never_created_is_created() -> None:
+    v = classify_trial(running(attempt=1, job_created=0), None, RULES, T0)
+    assert v == TrialVerdict((CreateJob(0, 1, PARAMS),))
+
+
+def test_missing_job_that_was_created_is_retried_then_failed() -> None:
+    v = classify_trial(running(), None, RULES, T0)
+    assert v.actions == (RelaunchAttempt(0, 1, PARAMS, R.JOB_DELETED),)
+    assert [e.reason for e in v.events] == [R.TRIAL_RETRIED]
+    assert "attempt 1 of 2" in v.events[0].message
+    last = classify_trial(running(attempt=1, job_created=1), None, RULES, T0)
+    assert tell_of(last).reason == R.JOB_DELETED and last.events == ()
+
+
+def test_live_job_needs_nothing() -> None:
+    assert classify_trial(running(), job(), RULES, T0) == TrialVerdict()
+    assert classify_trial(running(), job(phase="Suspended"), RULES, T0) == TrialVerdict()
+
+
+def test_unschedulable_pod_is_only_stuck() -> None:
+    stuck = job(waiting_reason="Unschedulable", waiting_since=T0)
+    v = classify_trial(running(), stuck, RULES, T0 + timedelta(days=1))
+    assert v == TrialVerdict(stuck=stuck)
+
+
+def test_image_pull_waits_for_the_grace_period_then_fails() -> None:
+    pull = job(waiting_reason="ErrImagePull", waiting_message="not found", waiting_since=T0)
+    early = classify_trial(running(), pull, RULES, T0 + timedelta(seconds=20))
+    assert early == TrialVerdict(stuck=pull, requeue_after=100.0)
+    late = classify_trial(running(), pull, RULES, T0 + timedelta(seconds=120))
+    assert late.actions == (
+        Tell(0, "FAIL", None, R.IMAGE_PULL_FAILED, "ErrImagePull: not found"),
+        DeleteJob(pull.name, R.IMAGE_PULL_FAILED),
+    )
+    assert late.stuck == pull
+    # Without a start time to count from, it is stuck but never failed.
+    unknown = job(waiting_reason="ErrImagePull")
+    assert classify_trial(running(), unknown, RULES, T0) == TrialVerdict(stuck=unknown)
+
+
+def test_succeeded_job_in_reporter_mode_never_reported() -> None:
+    v = classify_trial(running(), job(phase="Succeeded"), RULES, T0)
+    assert tell_of(v).reason == R.NO_RESULT and "complete()" in tell_of(v).message
+
+
+@pytest.mark.parametrize(
+    ("message", "tell"),
+    [
+        ('{"values": [0.25]}', Tell(0, "COMPLETE", (0.25,), None, "")),
+        ("[]", Tell(0, "FAIL", None, R.NO_RESULT, 'the termination message has no "values" list')),
+        (None, Tell(0, "FAIL", None, R.NO_RESULT, "the container wrote no termination message")),
+    ],
+)
+def test_succeeded_job_in_termination_message_mode(message: str | None, tell: Tell) -> None:
+    rules = TrialRules(0, False, 1, None, 300.0)
+    v = classify_trial(running(), job(phase="Succeeded", termination_message=message), rules, T0)
+    if tell.state == "FAIL":
+        tell = Tell(0, "FAIL", None, R.NO_RESULT, f"Job demo-0-a0: {tell.message}")
+    assert v == TrialVerdict((tell,))
+
+
+def test_disruption_is_retried_then_exhausts_the_retries() -> None:
+    evicted = job(phase="Failed", failure="Disruption")
+    v = classify_trial(running(), evicted, RULES, T0)
+    assert v.actions == (RelaunchAttempt(0, 1, PARAMS, "Disruption"),)
+    no_retries = TrialRules(0, True, 1, None, 300.0)
+    assert tell_of(classify_trial(running(), evicted, no_retries, T0)).reason == (
+        R.RETRIES_EXHAUSTED
+    )
+
+
+def test_deadline_exceeded_fails_naming_the_deadline() -> None:
+    v = classify_trial(running(), job(phase="Failed", failure="DeadlineExceeded"), RULES, T0)
+    assert tell_of(v).reason == R.DEADLINE_EXCEEDED
+    assert "activeDeadlineSeconds (60)" in tell_of(v).message
+
+
+def test_user_error_fails_with_exit_code_and_a_bounded_log_tail() -> None:
+    tail = "x" * MAX_LOG_TAIL_CHARS + "END"
+    failed = job(phase="Failed", failure="UserError", exit_code=2, log_tail=tail)
+    message = tell_of(classify_trial(running(), failed, RULES, T0)).message
+    assert message.startswith("Job demo-0-a0 failed: container exited with code 2\nlog tail:\n")
+    assert message.endswith("END") and len(message.split("\n", 2)[2]) == MAX_LOG_TAIL_CHARS
+    # No exit code: the Job's own message; no log: one line.
+    no_code = job(phase="Failed", failure="UserError", message="BackoffLimitExceeded")
+    only = tell_of(classify_trial(running(), no_code, RULES, T0))
+    assert (only.reason, only.message) == (
+        R.EXIT_CODE,
+        "Job demo-0-a0 failed: BackoffLimitExceeded",
+    )
+
+
+# --- classify_trials, stale Jobs, Events, states ----------------------------------------------
+
+
+def test_classify_trials_judges_running_trials_against_their_current_attempt() -> None:
+    trials = [
+        running(0, attempt=1, job_created=1),
+        TrialRecord(1, "COMPLETE", PARAMS, (0.5,)),
+        running(2),
+        running(3, job_created=-1),
+    ]
+    jobs = [
+        job(0, 0, phase="Failed", failure="UserError"),  # a superseded attempt: not judged
+        job(0, 1, phase="Failed", failure="Disruption"),
+        job(1, 0, phase="Failed", failure="UserError"),  # a finished trial: not judged
+        job(2, 0, waiting_reason="Unschedulable"),
+    ]
+    out = classify_trials(trials, jobs, RULES, T0)
+    (tell, create) = out.actions
+    assert isinstance(tell, Tell) and (tell.trial, tell.reason) == (0, R.RETRIES_EXHAUSTED)
+    assert create == CreateJob(3, 0, PARAMS)
+    assert out.tells == {0: tell} and out.relaunched == {}
+    assert out.stuck == (jobs[3],) and out.requeue_after == () and out.events == ()
+
+
+def test_outcomes_name_the_tells_and_relaunches() -> None:
+    out = TrialOutcomes(
+        actions=(RelaunchAttempt(4, 2, PARAMS, "Disruption"), Tell(5, "FAIL"), CreateJob(6, 0, {}))
+    )
+    assert out.tells == {5: Tell(5, "FAIL")} and out.relaunched == {4: 2}
+
+
+def test_stale_jobs_are_deleted_for_unknown_superseded_and_failed_trials() -> None:
+    trials = [running(0, attempt=1), TrialRecord(1, "FAIL"), TrialRecord(2, "COMPLETE")]
+    jobs = [
+        job(0, 0),  # superseded attempt
+        job(0, 1),  # current attempt: kept
+        job(1, 0),  # its trial failed
+        job(2, 0),  # completed trial, pod still exiting: kept (it holds the slot until it ends)
+        job(9, 0),  # no such trial
+        job(8, 0, phase="Failed"),  # not live: nothing to delete
+        job(7, 0, deleting=True),  # already going
+    ]
+    assert stale_job_deletions(jobs, trials) == (
+        DeleteJob("demo-0-a0", "SupersededAttempt"),
+        DeleteJob("demo-1-a0", "TrialFailed"),
+        DeleteJob("demo-9-a0", "UnknownTrial"),
+    )
+
+
+def test_trial_events_say_completed_or_failed_with_the_first_line() -> None:
+    tells = [
+        Tell(0, "COMPLETE", (0.5, 2.0)),
+        Tell(1, "FAIL", None, R.EXIT_CODE, "Job x failed\nlog tail:\nboom"),
+        Tell(2, "FAIL", None, R.NO_RESULT, ""),
+    ]
+    assert trial_events(tells) == (
+        EventSpec("Normal", R.TRIAL_COMPLETED, "Trial 0 completed with values [0.5, 2.0]"),
+        EventSpec("Warning", R.TRIAL_FAILED, "Trial 1 failed (ExitCode): Job x failed"),
+        EventSpec("Warning", R.TRIAL_FAILED, "Trial 2 failed (NoResult): "),
+    )
+
+
+def test_trial_states_apply_the_tells() -> None:
+    trials = [running(0), running(1), TrialRecord(2, "PRUNED"), TrialRecord(3, "WAITING")]
+    assert trial_states(trials, {1: Tell(1, "COMPLETE", (1.0,))}) == {
+        0: "RUNNING", 1: "COMPLETE", 2: "PRUNED", 3: "WAITING",
+    }  # fmt: skip
+
+
+def test_rules_come_from_the_spec() -> None:
+    from kubetune.spec import parse_manifest
+
+    spec = parse_manifest(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "TuningStudy",
+            "metadata": {"name": "demo"},
+            "spec": {
+                "objectives": [
+                    {"name": "a", "direction": "maximize"},
+                    {"name": "b", "direction": "minimize"},
+                ],
+                "searchSpace": [{"name": "lr", "float": {"low": 0.1, "high": 1.0}}],
+                "trial": {
+                    "maxRetries": 2,
+                    "activeDeadlineSeconds": 30,
+                    "result": {"from": "TerminationMessage"},
+                    "template": {"spec": {"containers": [{"name": "t", "image": "t:1"}]}},
+                },
+            },
+        }
+    ).spec
+    assert TrialRules.from_spec(spec, 9.0) == TrialRules(2, False, 2, 30, 9.0)

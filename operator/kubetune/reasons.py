@@ -1,7 +1,8 @@
 """Condition types, condition reasons, Event reasons and trial fail reasons, kept in one place.
 
-Reasons are CamelCase constants (Kubernetes API conventions); tests, docs and dashboards refer
-to these names, so change them only together with their users.
+Reasons are CamelCase constants (Kubernetes API conventions) and each constant is named after
+its value; tests, docs and dashboards refer to the values, so change them only together with
+their users.
 """
 
 from __future__ import annotations
@@ -29,25 +30,25 @@ __all__ = [
     "MAX_FAILED_TRIALS_REACHED",
     "MAX_TRIALS_REACHED",
     "NO_RESULT",
-    "PODS_OK",
+    "PODS_HEALTHY",
     "RETRIES_EXHAUSTED",
     "SPEC_VALID",
     "STORAGE_ERROR",
-    "STORAGE_OK",
+    "STORAGE_REACHABLE",
     "STUDY_DELETED",
     "STUDY_FAILED",
-    "STUDY_RUNNING",
     "STUDY_STARTED",
     "STUDY_SUCCEEDED",
     "STUDY_SUSPENDED",
     "TRIALS_IN_PROGRESS",
+    "TRIALS_RUNNING",
     "TRIAL_COMPLETED",
     "TRIAL_FAILED",
     "TRIAL_LAUNCHED",
     "TRIAL_PRUNED",
     "TRIAL_RETRIED",
     "UNSCHEDULABLE",
-    "WAITING_FOR_SLOTS",
+    "WAITING_FOR_TRIALS",
 ]
 
 # Condition types (adjectives or past tense).
@@ -61,15 +62,13 @@ COND_STORAGE_REACHABLE = "StorageReachable"
 #: False while some trial pods are stuck (unschedulable, image cannot be pulled).
 COND_PODS_HEALTHY = "PodsHealthy"
 
-# Condition reasons for the study.
-STUDY_STARTED = "StudyStarted"
-STUDY_RUNNING = "TrialsRunning"
+# Condition reasons (the study's own reason is also the ``Ready`` condition's).
+TRIALS_RUNNING = "TrialsRunning"
+#: ``Succeeded`` and ``Failed`` while the study has not ended.
 TRIALS_IN_PROGRESS = "TrialsInProgress"
-WAITING_FOR_SLOTS = "WaitingForTrials"
+#: ``Pending``: no trial launched yet.
+WAITING_FOR_TRIALS = "WaitingForTrials"
 STUDY_SUSPENDED = "StudySuspended"
-STUDY_SUCCEEDED = "StudySucceeded"
-STUDY_FAILED = "StudyFailed"
-STUDY_DELETED = "StudyDeleted"
 MAX_TRIALS_REACHED = "MaxTrialsReached"
 MAX_FAILED_TRIALS_REACHED = "MaxFailedTrialsReached"
 DEADLINE_REACHED = "DeadlineReached"
@@ -77,11 +76,16 @@ GPU_BUDGET_EXHAUSTED = "GpuBudgetExhausted"
 INVALID_SPEC = "InvalidSpec"
 IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
 SPEC_VALID = "SpecValid"
-STORAGE_OK = "StorageReachable"
+STORAGE_REACHABLE = "StorageReachable"
 STORAGE_ERROR = "StorageError"
-PODS_OK = "PodsHealthy"
+PODS_HEALTHY = "PodsHealthy"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_FAILED = "ImagePullFailed"
+
+# Event reasons for the study (besides InvalidSpec, ImmutableFieldChanged, StudySuspended).
+STUDY_STARTED = "StudyStarted"
+STUDY_SUCCEEDED = "StudySucceeded"
+STUDY_FAILED = "StudyFailed"
 
 # Event reasons for trials.
 TRIAL_LAUNCHED = "TrialLaunched"
@@ -90,7 +94,7 @@ TRIAL_COMPLETED = "TrialCompleted"
 TRIAL_PRUNED = "TrialPruned"
 TRIAL_FAILED = "TrialFailed"
 
-# Trial fail reasons (stored in the ledger as ``kubetune:fail_reason``).
+# Trial fail reasons (stored in the ledger as ``kubetune:fail_reason``; also ImagePullFailed).
 EXIT_CODE = "ExitCode"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 RETRIES_EXHAUSTED = "RetriesExhausted"
@@ -99,3 +103,4 @@ JOB_FAILED = "JobFailed"
 NO_RESULT = "NoResult"
 ASK_INTERRUPTED = "AskInterrupted"
 JOB_REJECTED = "JobRejected"
+STUDY_DELETED = "StudyDeleted"

@@ -175,7 +175,7 @@ def assert_settled(world: World) -> Decision:
 def test_first_reconcile_launches_up_to_parallelism() -> None:
     world = World(make_spec())
     d = world.step()
-    assert d.of_type(LaunchTrials) == [LaunchTrials(2)]
+    assert of_type(d, LaunchTrials) == [LaunchTrials(2)]
     assert d.state == "Running"
     assert world.running_jobs() == ["demo-0", "demo-1"]
     settled = assert_settled(world)
@@ -222,12 +222,12 @@ def test_termination_message_results_are_told() -> None:
     world.finish(0, termination_message='{"values": [0.75]}')
     world.finish(1, termination_message="garbage")
     d = world.step()
-    tells = {t.trial: t for t in d.of_type(Tell)}
+    tells = {t.trial: t for t in of_type(d, Tell)}
     assert tells[0] == Tell(0, "COMPLETE", (0.75,), None, "")
     assert tells[1].state == "FAIL" and tells[1].reason == R.NO_RESULT
     assert "not JSON" in tells[1].message
     # The two freed slots are filled at once (status already counts the tells).
-    assert d.of_type(LaunchTrials) == [LaunchTrials(2)]
+    assert of_type(d, LaunchTrials) == [LaunchTrials(2)]
     assert d.status["trials"]["completed"] == 1 and d.status["trials"]["failed"] == 1
     assert_settled(world)
 
@@ -237,7 +237,7 @@ def test_reporter_job_success_without_result_fails_no_result() -> None:
     world.step()
     world.finish(0)
     d = world.step()
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert (tell.trial, tell.state, tell.reason) == (0, "FAIL", R.NO_RESULT)
     assert "complete()" in tell.message
     assert_settled(world)
@@ -249,8 +249,8 @@ def test_pruned_by_report_api_just_frees_the_slot() -> None:
     world.report(0, "PRUNED")
     world.finish(0)
     d = world.step()
-    assert d.of_type(Tell) == []
-    assert d.of_type(LaunchTrials) == [LaunchTrials(1)]
+    assert of_type(d, Tell) == []
+    assert of_type(d, LaunchTrials) == [LaunchTrials(1)]
     assert d.status["trials"]["pruned"] == 1
 
 
@@ -261,10 +261,10 @@ def test_user_error_fails_with_exit_code_and_log_tail() -> None:
         0, phase="Failed", failure="UserError", exit_code=3, log_tail="Traceback...\nKeyError: x"
     )
     d = world.step()
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert (tell.state, tell.reason) == ("FAIL", R.EXIT_CODE)
     assert "exited with code 3" in tell.message and "KeyError: x" in tell.message
-    assert d.of_type(RelaunchAttempt) == []
+    assert of_type(d, RelaunchAttempt) == []
     assert [e.reason for e in d.events if e.reason == R.TRIAL_FAILED] == [R.TRIAL_FAILED]
     assert_settled(world)
 
@@ -274,9 +274,9 @@ def test_deadline_exceeded_fails_without_retry() -> None:
     world.step()
     world.finish(0, phase="Failed", failure="DeadlineExceeded")
     d = world.step()
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert tell.reason == R.DEADLINE_EXCEEDED
-    assert d.of_type(RelaunchAttempt) == []
+    assert of_type(d, RelaunchAttempt) == []
 
 
 def test_disruption_retries_with_same_params_then_gives_up() -> None:
@@ -285,14 +285,14 @@ def test_disruption_retries_with_same_params_then_gives_up() -> None:
     params = dict(world.trials[0].params)
     world.finish(0, phase="Failed", failure="Disruption")
     d = world.step()
-    assert d.of_type(RelaunchAttempt) == [RelaunchAttempt(0, 1, params, "Disruption")]
+    assert of_type(d, RelaunchAttempt) == [RelaunchAttempt(0, 1, params, "Disruption")]
     assert "demo-0-r1" in world.jobs
-    assert d.of_type(LaunchTrials) == []  # the retry keeps the slot
+    assert of_type(d, LaunchTrials) == []  # the retry keeps the slot
     assert d.status["trials"]["retried"] == 1 and d.status["trials"]["total"] == 2
     assert_settled(world)
     world.finish(0, phase="Failed", failure="Disruption")
     d = world.step()
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert tell.reason == R.RETRIES_EXHAUSTED
     assert world.trials[0].attempt == 1
     assert d.status["trials"]["retried"] == 1  # counted once, no new trial number
@@ -304,11 +304,11 @@ def test_job_deleted_by_hand_is_retried_then_failed() -> None:
     world.step()
     del world.jobs["demo-1"]
     d = world.step()
-    assert d.of_type(RelaunchAttempt)[0].trial == 1
-    assert d.of_type(RelaunchAttempt)[0].reason == R.JOB_DELETED
+    assert of_type(d, RelaunchAttempt)[0].trial == 1
+    assert of_type(d, RelaunchAttempt)[0].reason == R.JOB_DELETED
     del world.jobs["demo-1-r1"]
     d = world.step()
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert (tell.trial, tell.reason) == (1, R.JOB_DELETED)
     assert_settled(world)
 
@@ -317,8 +317,8 @@ def test_crash_between_ask_and_create_creates_the_missing_job() -> None:
     world = World(make_spec())
     world.trials[0] = TrialRecord(0, "RUNNING", {"lr": 0.05})  # asked, no Job confirmed
     d = world.step()
-    assert d.of_type(CreateJob) == [CreateJob(0, 0, {"lr": 0.05})]
-    assert d.of_type(LaunchTrials) == [LaunchTrials(1)]  # one slot taken by trial 0
+    assert of_type(d, CreateJob) == [CreateJob(0, 0, {"lr": 0.05})]
+    assert of_type(d, LaunchTrials) == [LaunchTrials(1)]  # one slot taken by trial 0
     assert world.running_jobs() == ["demo-0", "demo-1"]
     assert_settled(world)
 
@@ -334,9 +334,9 @@ def test_interrupted_ask_fails_the_trial() -> None:
     world = World(make_spec())
     world.trials[0] = TrialRecord(0, "RUNNING", {}, asked=False)
     d = world.step()
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert tell.reason == R.ASK_INTERRUPTED
-    assert d.of_type(CreateJob) == []
+    assert of_type(d, CreateJob) == []
 
 
 @pytest.mark.parametrize("parallelism", [1, 3, 5])
@@ -346,9 +346,9 @@ def test_parallelism_counts_running_trials_and_active_jobs(parallelism: int) -> 
     assert len(world.running_jobs()) == parallelism
     # A finished trial whose pod is still exiting keeps its slot until the Job ends.
     world.report(0, "COMPLETE", 0.5)
-    assert world.decide().of_type(LaunchTrials) == []
+    assert of_type(world.decide(), LaunchTrials) == []
     world.finish(0)
-    assert world.decide().of_type(LaunchTrials) == [LaunchTrials(1)]
+    assert of_type(world.decide(), LaunchTrials) == [LaunchTrials(1)]
 
 
 def test_parallelism_lowered_live_launches_nothing_until_below() -> None:
@@ -360,14 +360,14 @@ def test_parallelism_lowered_live_launches_nothing_until_below() -> None:
         world.report(n, "COMPLETE", 0.1)
         world.finish(n)
     d = world.step()
-    assert d.of_type(LaunchTrials) == []
+    assert of_type(d, LaunchTrials) == []
     assert d.status["observedGeneration"] == 2
     world.report(2, "COMPLETE", 0.1)
     world.finish(2)
-    assert world.step().of_type(LaunchTrials) == [LaunchTrials(1)]
+    assert of_type(world.step(), LaunchTrials) == [LaunchTrials(1)]
     # Raised: new slots at once.
     world.spec = make_spec(budget={"maxTrials": 20, "parallelism": 5})
-    assert world.step().of_type(LaunchTrials) == [LaunchTrials(3)]
+    assert of_type(world.step(), LaunchTrials) == [LaunchTrials(3)]
 
 
 def test_max_failed_trials_fails_the_study() -> None:
@@ -376,7 +376,7 @@ def test_max_failed_trials_fails_the_study() -> None:
     world.finish(0, phase="Failed", failure="UserError", exit_code=1)
     world.finish(1, phase="Failed", failure="UserError", exit_code=1)
     d = world.step()
-    assert d.of_type(LaunchTrials) == []
+    assert of_type(d, LaunchTrials) == []
     assert d.state == "Failed"
     cond = {c["type"]: c for c in d.status["conditions"]}
     assert cond["Failed"]["status"] == "True"
@@ -392,7 +392,7 @@ def test_deadline_stops_launches_and_finishes_after_running_trials() -> None:
     assert d.requeue_after == pytest.approx(100)
     world.now += timedelta(seconds=150)
     d = world.step()
-    assert d.of_type(LaunchTrials) == [] and d.state == "Running"
+    assert of_type(d, LaunchTrials) == [] and d.state == "Running"
     assert d.status["conditions"][0]["reason"] == R.DEADLINE_REACHED
     world.report(0, "COMPLETE", 0.3)
     world.finish(0)
@@ -410,7 +410,7 @@ def test_gpu_budget_stops_launches() -> None:
     world.report(0, "COMPLETE", 0.3)
     world.finish(0)
     d = world.step()
-    assert d.of_type(LaunchTrials) == []
+    assert of_type(d, LaunchTrials) == []
     assert d.state == "Succeeded"
     assert world.usage[0] == TrialUsage(1, 60.0)
 
@@ -418,12 +418,12 @@ def test_gpu_budget_stops_launches() -> None:
 def test_suspend_launches_nothing_and_resume_continues() -> None:
     world = World(make_spec(suspend=True))
     d = world.step()
-    assert d.of_type(LaunchTrials) == [] and d.state == "Suspended"
+    assert of_type(d, LaunchTrials) == [] and d.state == "Suspended"
     cond = {c["type"]: c for c in d.status["conditions"]}
     assert cond["Suspended"]["status"] == "True"
     world.spec = make_spec(suspend=False)
     d = world.step()
-    assert d.of_type(LaunchTrials) == [LaunchTrials(2)]
+    assert of_type(d, LaunchTrials) == [LaunchTrials(2)]
 
 
 def test_changed_search_space_is_refused() -> None:
@@ -434,7 +434,7 @@ def test_changed_search_space_is_refused() -> None:
     world.finish(0)
     d = world.step()
     assert d.state == "Invalid"
-    assert d.of_type(LaunchTrials) == []
+    assert of_type(d, LaunchTrials) == []
     cond = {c["type"]: c for c in d.status["conditions"]}
     assert cond["Invalid"]["status"] == "True"
     assert cond["Invalid"]["reason"] == R.IMMUTABLE_FIELD_CHANGED
@@ -459,12 +459,12 @@ def test_image_pull_errors_set_a_condition_then_fail_after_grace() -> None:
     assert cond["PodsHealthy"]["status"] == "False"
     assert cond["PodsHealthy"]["reason"] == R.IMAGE_PULL_FAILED
     assert "manifest unknown" in cond["PodsHealthy"]["message"]
-    assert d.of_type(Tell) == [] and d.requeue_after == pytest.approx(120)
+    assert of_type(d, Tell) == [] and d.requeue_after == pytest.approx(120)
     world.now += timedelta(seconds=121)
     d = world.step(image_pull_grace_seconds=120)
-    (tell,) = d.of_type(Tell)
+    (tell,) = of_type(d, Tell)
     assert tell.reason == R.IMAGE_PULL_FAILED
-    assert d.of_type(DeleteJob) == [DeleteJob("demo-0", R.IMAGE_PULL_FAILED)]
+    assert of_type(d, DeleteJob) == [DeleteJob("demo-0", R.IMAGE_PULL_FAILED)]
 
 
 def test_unschedulable_pods_only_set_a_condition() -> None:
@@ -477,7 +477,7 @@ def test_unschedulable_pods_only_set_a_condition() -> None:
     d = world.step()
     cond = {c["type"]: c for c in d.status["conditions"]}
     assert cond["PodsHealthy"]["reason"] == R.UNSCHEDULABLE
-    assert d.of_type(Tell) == []
+    assert of_type(d, Tell) == []
 
 
 def test_stray_jobs_are_deleted() -> None:
@@ -487,7 +487,7 @@ def test_stray_jobs_are_deleted() -> None:
     world.trials[0] = dataclasses.replace(world.trials[0], attempt=1, job_created=1)
     world.add_job(0, 1)  # attempt 0's Job is superseded but still active
     d = world.step()
-    assert set(d.of_type(DeleteJob)) == {
+    assert set(of_type(d, DeleteJob)) == {
         DeleteJob("demo-9", "UnknownTrial"),
         DeleteJob("demo-0", "SupersededAttempt"),
     }

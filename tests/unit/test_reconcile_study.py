@@ -46,10 +46,12 @@ def state(
 
 
 def test_study_state_table() -> None:
-    assert state() == StudyVerdict("Pending", R.WAITING_FOR_SLOTS, "no trial launched yet")
-    assert state(running=2, asked=2) == StudyVerdict("Running", R.STUDY_RUNNING, "2 trials running")
+    assert state() == StudyVerdict("Pending", R.WAITING_FOR_TRIALS, "no trial launched yet")
+    assert state(running=2, asked=2) == StudyVerdict(
+        "Running", R.TRIALS_RUNNING, "2 trials running"
+    )
     assert state(asked=3, completed=3, running=0) == StudyVerdict(
-        "Running", R.STUDY_RUNNING, "0 trials running"
+        "Running", R.TRIALS_RUNNING, "0 trials running"
     )  # between a finish and the next launch
     assert state(TRIALS_DONE, running=1, asked=4) == StudyVerdict(
         "Running", R.MAX_TRIALS_REACHED, "all 4 trials were launched; waiting for 1 trials"
@@ -89,17 +91,17 @@ def conditions_of(
 
 
 def test_conditions_of_a_running_study() -> None:
-    verdict = StudyVerdict("Running", R.STUDY_RUNNING, "2 trials running")
+    verdict = StudyVerdict("Running", R.TRIALS_RUNNING, "2 trials running")
     got = study_conditions(verdict, invalid=False, suspended=False, running=2, stuck=())
     assert got == [
-        ConditionSpec(R.COND_READY, "True", R.STUDY_RUNNING, "2 trials running"),
+        ConditionSpec(R.COND_READY, "True", R.TRIALS_RUNNING, "2 trials running"),
         ConditionSpec(R.COND_INVALID, "False", R.SPEC_VALID, ""),
-        ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_OK, ""),
-        ConditionSpec(R.COND_RUNNING, "True", R.STUDY_RUNNING, "2 trials running"),
-        ConditionSpec(R.COND_SUSPENDED, "False", R.STUDY_RUNNING, ""),
+        ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_REACHABLE, ""),
+        ConditionSpec(R.COND_RUNNING, "True", R.TRIALS_RUNNING, "2 trials running"),
+        ConditionSpec(R.COND_SUSPENDED, "False", R.TRIALS_RUNNING, ""),
         ConditionSpec(R.COND_SUCCEEDED, "False", R.TRIALS_IN_PROGRESS, ""),
         ConditionSpec(R.COND_FAILED, "False", R.TRIALS_IN_PROGRESS, ""),
-        ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_OK, ""),
+        ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_HEALTHY, ""),
     ]
 
 
@@ -134,7 +136,9 @@ def test_pods_healthy_names_image_pulls_before_scheduling() -> None:
     pull = ObservedJob(
         "j-1", 1, 0, "Active", waiting_reason="ErrImagePull", waiting_message="not found"
     )
-    assert pods_healthy_condition(()) == ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_OK, "")
+    assert pods_healthy_condition(()) == ConditionSpec(
+        R.COND_PODS_HEALTHY, "True", R.PODS_HEALTHY, ""
+    )
     assert pods_healthy_condition([unschedulable]) == ConditionSpec(
         R.COND_PODS_HEALTHY,
         "False",

@@ -93,6 +93,3 @@ class Decision:
     state: StudyState = "Pending"
     #: Trials holding a slot once the actions are applied (launches included).
     occupied: int = 0
-
-    def of_type(self, kind: type[Any]) -> list[Any]:
-        return [a for a in self.actions if isinstance(a, kind)]

@@ -66,8 +66,8 @@ def study_state(
     if stop is not None:
         return StudyVerdict("Running", stop.reason, f"{stop.message}; waiting for {running} trials")
     if running > 0 or tally.asked > 0:
-        return StudyVerdict("Running", R.STUDY_RUNNING, f"{running} trials running")
-    return StudyVerdict("Pending", R.WAITING_FOR_SLOTS, "no trial launched yet")
+        return StudyVerdict("Running", R.TRIALS_RUNNING, f"{running} trials running")
+    return StudyVerdict("Pending", R.WAITING_FOR_TRIALS, "no trial launched yet")
 
 
 def _flag(value: bool) -> Literal["True", "False"]:
@@ -84,7 +84,7 @@ def _outcome_condition(ctype: str, verdict: StudyVerdict) -> ConditionSpec:
 def pods_healthy_condition(stuck: Sequence[ObservedJob]) -> ConditionSpec:
     """False while trial pods cannot start; an image pull problem is named before scheduling."""
     if not stuck:
-        return ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_OK, "")
+        return ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_HEALTHY, "")
     pulls = [j for j in stuck if j.waiting_reason != "Unschedulable"]
     worst = pulls[0] if pulls else stuck[0]
     return ConditionSpec(
@@ -113,17 +113,17 @@ def study_conditions(
             R.IMMUTABLE_FIELD_CHANGED if invalid else R.SPEC_VALID,
             verdict.message if invalid else "",
         ),
-        ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_OK, ""),
+        ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_REACHABLE, ""),
         ConditionSpec(
             R.COND_RUNNING,
             _flag(running > 0),
-            R.STUDY_RUNNING if running > 0 else verdict.reason,
+            R.TRIALS_RUNNING if running > 0 else verdict.reason,
             f"{running} trials running",
         ),
         ConditionSpec(
             R.COND_SUSPENDED,
             _flag(suspended),
-            R.STUDY_SUSPENDED if suspended else R.STUDY_RUNNING,
+            R.STUDY_SUSPENDED if suspended else R.TRIALS_RUNNING,
             "",
         ),
         _outcome_condition(R.COND_SUCCEEDED, verdict),

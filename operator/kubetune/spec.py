@@ -5,7 +5,12 @@ This pydantic model is the single source of truth: the CRD in ``crds/`` is gener
 ``kubectl explain`` shows the field descriptions written here. Cross-field rules live twice on
 purpose: as model validators (precise messages, used everywhere) and as CEL
 ``x-kubernetes-validations`` (so the API server refuses a bad study before the operator sees it).
-Tests check that both agree.
+Tests check that both agree, against a real kube-apiserver too.
+
+Whatever the model accepts, the API server must accept: every bound the CRD declares comes from
+a ``Field`` here. A few checks are the model's alone because CEL cannot see the values (mixed-type
+choices, ``when.in``, warm starts, the pod template) or cannot compute them (the Grid's size);
+docs/validation.md lists them, the fields fixed at creation, and the CEL cost budget.
 """
 
 from __future__ import annotations

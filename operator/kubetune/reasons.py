@@ -29,6 +29,7 @@ __all__ = [
     "JOB_REJECTED",
     "MAX_FAILED_TRIALS_REACHED",
     "MAX_TRIALS_REACHED",
+    "NOT_SUSPENDED",
     "NO_RESULT",
     "PODS_HEALTHY",
     "RETRIES_EXHAUSTED",
@@ -69,6 +70,8 @@ TRIALS_IN_PROGRESS = "TrialsInProgress"
 #: ``Pending``: no trial launched yet.
 WAITING_FOR_TRIALS = "WaitingForTrials"
 STUDY_SUSPENDED = "StudySuspended"
+#: ``Suspended`` is False: ``spec.suspend`` is not set.
+NOT_SUSPENDED = "NotSuspended"
 MAX_TRIALS_REACHED = "MaxTrialsReached"
 MAX_FAILED_TRIALS_REACHED = "MaxFailedTrialsReached"
 DEADLINE_REACHED = "DeadlineReached"

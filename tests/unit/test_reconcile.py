@@ -426,6 +426,17 @@ def test_suspend_launches_nothing_and_resume_continues() -> None:
     assert of_type(d, LaunchTrials) == [LaunchTrials(2)]
 
 
+def test_suspended_condition_does_not_claim_trials_run() -> None:
+    world = World(make_spec(budget={"maxTrials": 1, "parallelism": 1}))
+    world.step()
+    world.report(0, "COMPLETE", 0.5)
+    world.finish(0)
+    d = world.step()
+    assert d.state == "Succeeded"
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert (cond["Suspended"]["status"], cond["Suspended"]["reason"]) == ("False", "NotSuspended")
+
+
 def test_changed_search_space_is_refused() -> None:
     world = World(make_spec())
     world.step()

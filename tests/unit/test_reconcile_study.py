@@ -98,7 +98,7 @@ def test_conditions_of_a_running_study() -> None:
         ConditionSpec(R.COND_INVALID, "False", R.SPEC_VALID, ""),
         ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_REACHABLE, ""),
         ConditionSpec(R.COND_RUNNING, "True", R.TRIALS_RUNNING, "2 trials running"),
-        ConditionSpec(R.COND_SUSPENDED, "False", R.TRIALS_RUNNING, ""),
+        ConditionSpec(R.COND_SUSPENDED, "False", R.NOT_SUSPENDED, ""),
         ConditionSpec(R.COND_SUCCEEDED, "False", R.TRIALS_IN_PROGRESS, ""),
         ConditionSpec(R.COND_FAILED, "False", R.TRIALS_IN_PROGRESS, ""),
         ConditionSpec(R.COND_PODS_HEALTHY, "True", R.PODS_HEALTHY, ""),

@@ -123,7 +123,7 @@ def study_conditions(
         ConditionSpec(
             R.COND_SUSPENDED,
             _flag(suspended),
-            R.STUDY_SUSPENDED if suspended else R.TRIALS_RUNNING,
+            R.STUDY_SUSPENDED if suspended else R.NOT_SUSPENDED,
             "",
         ),
         _outcome_condition(R.COND_SUCCEEDED, verdict),

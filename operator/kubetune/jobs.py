@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ANNOTATION_OPTUNA_STUDY",
     "DISRUPTION_RULE_INDEX",
-    "EXIT_CODE_RULE_INDEX",
     "IMAGE_PULL_REASONS",
     "LABEL_ATTEMPT",
     "LABEL_MANAGED_BY",
@@ -67,8 +66,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_OPTUNA_STUDY = "kubetune.io/optuna-study"
 MAX_NAME = 63
+#: podFailurePolicy rule 0 matches disruptions; any other matching rule is the exit-code rule.
 DISRUPTION_RULE_INDEX = 0
-EXIT_CODE_RULE_INDEX = 1
 #: Container waiting reasons that mean the image will not come (retrying will not help).
 IMAGE_PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}

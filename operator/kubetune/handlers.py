@@ -51,6 +51,7 @@ from kubetune.reconcile import (
     CreateJob,
     Decision,
     DeleteJob,
+    ExpectedJob,
     LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
@@ -586,8 +587,8 @@ def _observe(
     label: str,
     jobs_index: JobsIndex,
     pods_index: JobsIndex,
-) -> tuple[list[ObservedJob], dict[str, dict[str, Any]]]:
-    """The study's Jobs from the index (only those it owns), plus Jobs created but unseen."""
+) -> tuple[list[ObservedJob], list[ExpectedJob], dict[str, dict[str, Any]]]:
+    """The study's Jobs from the index (only those it owns), and the Jobs created but unseen."""
     key = (namespace, label)
     pods = list(pods_index.get(key, []))
     observed: list[ObservedJob] = []
@@ -600,6 +601,7 @@ def _observe(
         if o is not None:
             observed.append(o)
             seen.add(o.name)
+    expected: list[ExpectedJob] = []
     now = time.monotonic()
     for key, when in list(rt.seen.items()):
         if now - when > EXPECTATION_SECONDS:
@@ -610,13 +612,13 @@ def _observe(
         if jname in seen or (ns, jname) in rt.seen or now - created > EXPECTATION_SECONDS:
             rt.expected.pop((ns, jname), None)
         else:
-            observed.append(ObservedJob(jname, trial, attempt, "Active"))
+            expected.append(ExpectedJob(jname, trial, attempt))
     pods_by_job: dict[str, dict[str, Any]] = {}
     for p in pods:
         jn = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
         if isinstance(jn, str):
             pods_by_job[jn] = p
-    return observed, pods_by_job
+    return observed, expected, pods_by_job
 
 
 async def reconcile_study(
@@ -649,7 +651,7 @@ async def reconcile_study(
     rt.gpus[key] = spec.trial.gpus()
 
     # Jobs first, then the ledger: a Job seen Succeeded implies its report already landed.
-    jobs, pods_by_job = _observe(
+    jobs, expected, pods_by_job = _observe(
         rt, namespace=namespace, uid=uid, label=label, jobs_index=jobs_index, pods_index=pods_index
     )
     try:
@@ -678,6 +680,7 @@ async def reconcile_study(
         snap,
         now,
         previous_status=dict(body.get("status") or {}),
+        expected=expected,
         image_pull_grace_seconds=rt.config.image_pull_grace_seconds,
     )
     try:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check on a throwaway kind cluster (needs Docker, kind, kubectl and helm):
-# build both images, load them into kind, install the chart with the in-chart PostgreSQL,
-# run examples/quickstart.yaml (a CPU study) and wait until it has Succeeded.
+# build both images with scripts/build-images (Docker engine), load them into kind, install
+# the chart with the in-chart PostgreSQL, run examples/quickstart.yaml (a CPU study) and wait
+# until it has Succeeded.
 #
 #   scripts/kind-e2e.sh
 #
@@ -10,6 +11,7 @@
 #   KEEP_CLUSTER   1 keeps the cluster after the run for inspection (default 0)
 #   TIMEOUT        how long to wait for the study, as a kubectl duration (default 30m)
 #   HELM           helm binary (default: helm on PATH, else scripts/fetch-helm.py's)
+#   KUBETUNE_*     passed on to scripts/build-images (e.g. KUBETUNE_TRAINER_BASE)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,9 +20,11 @@ keep="${KEEP_CLUSTER:-0}"
 timeout="${TIMEOUT:-30m}"
 namespace="kubetune"
 release="kubetune"
-version="0.1.0"
-operator_image="kubetune:${version}"
-trainer_image="kubetune-trainer:${version}"
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "${root}/pyproject.toml" | head -n 1)"
+operator_image="localhost/kubetune:${version}"
+trainer_image="localhost/kubetune-trainer:${version}"
+# The name examples/quickstart.yaml runs (docker.io/library/... inside kind).
+quickstart_trainer_image="kubetune-trainer:${version}"
 context="kind-${cluster}"
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -68,18 +72,18 @@ log "Creating kind cluster ${cluster}"
 kind create cluster --name "${cluster}" --wait 120s
 
 log "Building ${operator_image} and ${trainer_image}"
-docker build -t "${operator_image}" -f "${root}/Dockerfile" "${root}"
-docker build -t "${trainer_image}" -f "${root}/trainer-image/Dockerfile" "${root}"
+"${root}/scripts/build-images" --engine docker
+docker tag "${trainer_image}" "${quickstart_trainer_image}"
 
 log "Loading images into kind"
-kind load docker-image --name "${cluster}" "${operator_image}" "${trainer_image}"
+kind load docker-image --name "${cluster}" "${operator_image}" "${quickstart_trainer_image}"
 
 log "Installing the chart (in-chart PostgreSQL)"
 "${helm_bin}" --kube-context "${context}" install "${release}" "${root}/charts/kubetune" \
   --namespace "${namespace}" --create-namespace \
   --set postgresql.enabled=true \
   --set postgresql.persistence.enabled=false \
-  --set image.repository=kubetune --set image.tag="${version}" \
+  --set image.repository=localhost/kubetune --set image.tag="${version}" \
   --wait --timeout 5m
 
 kc -n "${namespace}" rollout status "deployment/${release}" --timeout=180s

@@ -1,4 +1,7 @@
-"""Dockerfiles pass hadolint and keep their contracts; shell scripts parse and lint clean."""
+"""Dockerfiles pass hadolint and keep their contracts; shell scripts parse and lint clean.
+
+What the built images do is tested in tests/images/ (they need scripts/build-images first).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,11 @@ DOCKERFILES = {
     "operator": REPO_ROOT / "Dockerfile",
     "trainer": REPO_ROOT / "trainer-image" / "Dockerfile",
 }
-SCRIPTS = [REPO_ROOT / "scripts" / "kind-e2e.sh", REPO_ROOT / "scripts" / "sync-crds.sh"]
+SCRIPTS = [
+    REPO_ROOT / "scripts" / "build-images",
+    REPO_ROOT / "scripts" / "kind-e2e.sh",
+    REPO_ROOT / "scripts" / "sync-crds.sh",
+]
 ENTRYPOINTS = {
     "operator": '["kubetune", "operator"]',
     "trainer": '["python", "-m", "kubetune_trainer"]',
@@ -51,6 +58,10 @@ def test_dockerfile_contract(image: str) -> None:
     (entry,) = [line for line in instructions if line.startswith("ENTRYPOINT ")]
     assert entry == f"ENTRYPOINT {ENTRYPOINTS[image]}"
     assert not re.search(r"(?i)(password|token|secret)[A-Z_]*\s*=", text), "secret baked in"
+    # scripts/build-images selects the base (and the trainer's torch) through these.
+    build_args = {"operator": ["PYTHON_IMAGE"], "trainer": ["PYTORCH_IMAGE", "TORCH_REQUIREMENT"]}
+    for arg in build_args[image]:
+        assert re.search(rf"^ARG {arg}=", text, re.M), f"no ARG {arg}"
     if image == "operator":
         assert text.count("FROM ") >= 2, "operator image must be multi-stage"
         assert "python:3.11" in text and "torch" not in text.replace("no torch", "")

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: a real PostgreSQL and an emulated cluster (API + fake kubelet).
+"""Session-wide fixtures: a real PostgreSQL and a real Kubernetes control plane (with a kubelet
+stand-in and a fault proxy).
 
 Import harness pieces as ``from harness import ...`` (``tests/`` is on ``sys.path`` because this
 conftest lives there and ``tests/`` has no ``__init__.py``).
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -68,23 +68,34 @@ def postgres_password() -> str:
     return PASSWORD
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    """A fresh emulated cluster per test, with ``KUBECONFIG`` pointing at it.
-
-    The repository's ``crds/*.yaml`` are registered. kopf and ``kubernetes.config
-    .load_kube_config()`` read the kubeconfig from the environment.
-    """
-    running = Cluster.start(tmp_path)
-    monkeypatch.setenv("KUBECONFIG", str(running.kubeconfig))
-    # The client computes its default kubeconfig path when first imported; follow the env.
-    from kubernetes.config import kube_config
-
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(running.kubeconfig))
+@pytest.fixture(scope="session")
+def cluster_session(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """The real control plane with the CRDs installed, the kubelet stand-in and the proxy."""
+    running = Cluster.start(control_plane, tmp_path_factory.mktemp("cluster"))
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def cluster(cluster_session: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """The session's real cluster, clean for this test, with ``KUBECONFIG`` pointing at it
+    through the fault proxy (kopf and ``kubernetes.config.load_kube_config()`` read it).
+    """
+    cluster_session.reset()
+    monkeypatch.setenv("KUBECONFIG", str(cluster_session.kubeconfig))
+    # The client computes its default kubeconfig path when first imported; follow the env.
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(
+        kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster_session.kubeconfig)
+    )
+    yield cluster_session
+    print("--- the cluster after the test ---\n" + cluster_session.describe())
+    assert not cluster_session.kubelet.errors, cluster_session.kubelet.errors
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,29 @@
-"""Test harness: a real PostgreSQL, an emulated Kubernetes API, a fake kubelet, kopf runners."""
+"""Test harness: a real PostgreSQL, the real Kubernetes control plane with a kubelet stand-in
+and a fault proxy, kopf runners."""
 
 from __future__ import annotations
 
-from .apiserver import ApiError, EmulatedApi, FaultRule, RequestRecord, ResourceType
-from .cluster import Cluster
+from .cluster import Cluster, ClusterApi
+from .control_plane import ControlPlane, ControlPlaneUnavailableError
 from .kopf_runner import OperatorProcess, run_kopf
-from .kubelet import FakeKubelet
+from .kube import ApiError, KubeApi
+from .kubelet import Kubelet
 from .postgres import PostgresServer, PostgresUnavailableError
+from .proxy import FaultProxy, FaultRule, RequestRecord
 
 __all__ = [
     "ApiError",
     "Cluster",
-    "EmulatedApi",
-    "FakeKubelet",
+    "ClusterApi",
+    "ControlPlane",
+    "ControlPlaneUnavailableError",
+    "FaultProxy",
     "FaultRule",
+    "KubeApi",
+    "Kubelet",
     "OperatorProcess",
     "PostgresServer",
     "PostgresUnavailableError",
     "RequestRecord",
-    "ResourceType",
     "run_kopf",
 ]

@@ -1,13 +1,19 @@
-"""A fake kubelet and Job controller playing a cluster's part for the emulated API server.
+"""A kubelet stand-in for the real control plane: one Node, pods run as local processes.
 
-For each Job (not suspended) it creates a Pod the way the Job controller does, runs the first
-container's command as a local process, and writes pod and Job status as the real kubelet and
-Job controller would (phases, ``containerStatuses[].state.terminated``, conditions ``Complete``
-/ ``Failed`` with ``BackoffLimitExceeded`` / ``DeadlineExceeded`` / ``PodFailurePolicy``,
-``DisruptionTarget`` on evicted pods). Only Jobs with one completion and parallelism one.
+It does only what a kubelet does: registers a Node (CPU, memory, pods, ``nvidia.com/gpu``) and
+keeps its Lease and ``Ready`` condition fresh; runs the first container of every pod the real
+scheduler binds to it (``command``/``args`` with ``$(VAR)`` expansion, the pod's ``env`` and
+``envFrom`` resolved as the kubelet would); writes pod status (``Running``, then ``Succeeded``/
+``Failed`` with the exit code and the termination message read from the file that stands for
+``terminationMessagePath``, or the log tail under ``FallbackToLogsOnError``); stops the process
+when the pod is deleted or evicted and then confirms the deletion; serves container logs on the
+node's kubelet port (HTTPS, certificate from the cluster CA), so ``kubectl logs`` and the
+operator's log reads go through the real apiserver. Jobs, retries, ``podFailurePolicy``,
+deadlines, garbage collection and scheduling are the real controllers' work.
 
-All decisions happen on one worker thread fed by a queue: store listeners, process waiters and
-the fault verbs only enqueue work, so no state is shared between threads.
+A trial process gets only what the pod spec gives it, plus ``PATH``, ``HOME`` and
+``KUBETUNE_TERMINATION_LOG`` (where a container would find ``/dev/termination-log``). ``python``
+as ``argv[0]`` is this interpreter (the pod's image would have its own).
 """
 
 from __future__ import annotations
@@ -16,479 +22,307 @@ import base64
 import contextlib
 import dataclasses
 import fnmatch
+import http.server
 import os
-import queue
+import re
 import signal
+import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._k8s import JSON, ApiError, expand_vars, rfc3339
-from .apiserver import EmulatedApi
+from .kube import JSON, ApiError, KubeApi
 
-__all__ = ["FakeKubelet", "InstantResult"]
+__all__ = ["NODE", "InstantResult", "Kubelet"]
 
-NODE = "emulated-node"
+NODE = "kubetune-test-node"
 MESSAGE_LIMIT = 4096
-
-# What ``instant`` callbacks return: a termination message, or (exit code, message).
+#: What ``instant`` callbacks return: a termination message, or (exit code, message).
 InstantResult = str | tuple[int, str]
-
-DISRUPTIONS = {
-    "evict": ("EvictionByEvictionAPI", "Eviction API: evicting"),
-    "lost": ("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint"),
-    "preempt": ("PreemptionByScheduler", "Preempted in order to admit critical pod"),
-}
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
 
 
-def _scheduled_waiting(pod: JSON, now: str, waiting: Callable[[JSON], JSON]) -> JSON:
-    """A scheduled pod whose containers wait (being created, or failing to pull)."""
-    containers = (pod.get("spec") or {}).get("containers") or [{}]
-    return {
-        "phase": "Pending",
-        "qosClass": "BestEffort",
-        "hostIP": "127.0.0.1",
-        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
-        "containerStatuses": [
-            {
-                "name": c.get("name", "main"),
-                "image": c.get("image", ""),
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {"waiting": waiting(c)},
-            }
-            for c in containers
-        ],
-    }
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion: unknown names stay as written, ``$$`` is ``$``."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return _VAR.sub(repl, text)
 
 
 @dataclasses.dataclass
-class _Running:
+class _Run:
     pod: JSON
     proc: subprocess.Popen[bytes] | None
     log: Path
     termination_log: Path
     started: str
-    killed: str = ""  # why we killed it: evict, lost, preempt, oom, deadline, deleted
+    killed: str = ""  # "deleted", "oom"
 
 
-def _controller_uid(pod: Mapping[str, Any]) -> str | None:
-    for ref in pod["metadata"].get("ownerReferences") or []:
-        if ref.get("kind") == "Job" and ref.get("controller"):
-            return str(ref.get("uid"))
-    return None
-
-
-def _condition(kind: str, reason: str, message: str, now: str) -> JSON:
-    return {
-        "type": kind,
-        "status": "True",
-        "lastProbeTime": now,
-        "lastTransitionTime": now,
-        "reason": reason,
-        "message": message,
-    }
-
-
-def _finished(job: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or []
-    )
-
-
-class FakeKubelet:
-    """Runs trial pods as local processes; see the module docstring."""
+class Kubelet:
+    """Plays the kubelet of one Node; ``start()`` registers it, ``stop()`` kills what runs."""
 
     def __init__(
         self,
-        api: EmulatedApi,
-        workdir: Path | None = None,
-        instant: Callable[[JSON], InstantResult] | None = None,
-        entrypoints: Mapping[str, list[str]] | None = None,
-        extra_env: Mapping[str, str] | None = None,
+        api: KubeApi,
+        workdir: Path,
+        pki: Path,
+        *,
+        gpus: int = 8,
+        cpu: str = "64",
+        memory: str = "256Gi",
+        pods: int = 1000,
     ) -> None:
         self.api = api
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubetune-kubelet-"))
-        self.instant = instant
-        self.entrypoints = dict(entrypoints or {})  # image -> argv when a container has no command
-        self.extra_env = dict(extra_env or {})
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._running: dict[str, _Running] = {}  # pod uid -> process
-        self._accounted: set[str] = set()  # pod uids already counted in their Job's status
-        self._job_started: dict[str, float] = {}  # job uid -> monotonic start
-        self._stuck: list[tuple[str, str, str, str]] = []  # (kind, ns pattern, job pattern, msg)
-        self._stuck_pods: dict[str, str] = {}  # pod uid -> fault kind
-        self._thread: threading.Thread | None = None
+        self.workdir = workdir
+        self.pki = pki
+        self.capacity = {
+            "cpu": cpu,
+            "memory": memory,
+            "pods": str(pods),
+            "nvidia.com/gpu": str(gpus),
+        }
+        self._gpus = gpus
+        self.instant: Callable[[JSON], InstantResult] | None = None
+        self.entrypoints: dict[str, list[str]] = {}
         self.errors: list[BaseException] = []
-        api.log_provider = self._log
-        api.eviction_handler = lambda ns, name: self.evict(name, ns)
+        self._runs: dict[str, _Run] = {}
+        self._done: set[str] = set()
+        self._pull_errors: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kubelet")
+        self._threads: list[threading.Thread] = []
+        self._server: http.server.ThreadingHTTPServer | None = None
 
-    # ---- lifecycle --------------------------------------------------------------------------
+    # ---- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> FakeKubelet:
-        self.api.add_listener(self._on_event)
-        self._thread = threading.Thread(target=self._work, name="fake-kubelet", daemon=True)
-        self._thread.start()
-        for job in self.api.list("jobs"):
-            self._enqueue_sync(job)
+    def start(self) -> Kubelet:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = self._serve_logs()
+        self._register_node(port)
+        for target, name in ((self._heartbeat, "heartbeat"), (self._watch_pods, "pods")):
+            thread = threading.Thread(target=target, daemon=True, name=f"kubelet-{name}")
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(10)
-        for run in list(self._running.values()):
-            if run.proc is not None and run.proc.poll() is None:
-                run.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    run.proc.wait(5)
+        self._stop.set()
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            _kill(run)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._server is not None:
+            self._server.shutdown()
 
-    def __enter__(self) -> FakeKubelet:
-        return self.start()
+    def reset(self) -> None:
+        """Between tests: forget per-test behaviour (instant mode, entrypoints, pull errors)."""
+        self.instant = None
+        self.entrypoints = {}
+        self._pull_errors.clear()
+        self.errors.clear()
+        if self.capacity["nvidia.com/gpu"] != str(self._gpus):
+            self.set_gpus(self._gpus)
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # ---- the Node ------------------------------------------------------------------------------
 
-    def _work(self) -> None:
-        while True:
+    def _register_node(self, port: int) -> None:
+        body = {
+            "metadata": {
+                "name": NODE,
+                "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux"},
+            },
+        }
+        with contextlib.suppress(ApiError):
+            self.api.create("nodes", body)
+        self._port = port
+        self._write_node_status()
+
+    def _node_status(self) -> JSON:
+        stamp = now()
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "kubelet stand-in is posting ready status",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
+        return {
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
+            "conditions": [ready],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": NODE},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self._port}},
+            "nodeInfo": {
+                "kubeletVersion": "v1.32.0",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": "process://1",
+                "kernelVersion": "",
+                "osImage": "kubetune test node",
+                "kubeProxyVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        }
+
+    def _write_node_status(self) -> None:
+        self.api.patch("nodes", NODE, {"status": self._node_status()}, subresource="status")
+
+    def set_gpus(self, count: int) -> None:
+        """Change the node's ``nvidia.com/gpu`` capacity (the scheduler re-evaluates pods)."""
+        self.capacity = {**self.capacity, "nvidia.com/gpu": str(count)}
+        with contextlib.suppress(ApiError, AttributeError):
+            self._write_node_status()
+
+    def _heartbeat(self) -> None:
+        lease = {
+            "metadata": {"name": NODE, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": NODE, "leaseDurationSeconds": 40},
+        }
+        while not self._stop.is_set():
             try:
-                task = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                task = self._check_deadlines
-            if task is None:
-                return
-            try:
-                task()
-            except ApiError as exc:
-                if exc.code != 404:  # objects vanish under us all the time: that is fine
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                if self.api.find("leases", NODE, "kube-node-lease") is None:
+                    self.api.create("leases", lease, "kube-node-lease")
+                self.api.patch("leases", NODE, {"spec": {"renewTime": stamp}}, "kube-node-lease")
+                self._write_node_status()
+            except Exception as exc:  # the test sees it in .errors
+                if not self._stop.is_set():
                     self.errors.append(exc)
-            except Exception as exc:  # keep the kubelet alive; tests can assert on .errors
+            self._stop.wait(8)
+
+    # ---- pods ----------------------------------------------------------------------------------
+
+    def _watch_pods(self) -> None:
+        for kind, pod in self.api.watch(
+            "pods", field_selector=f"spec.nodeName={NODE}", stop=self._stop
+        ):
+            try:
+                self._on_pod(kind, pod)
+            except Exception as exc:
                 self.errors.append(exc)
 
-    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run ``fn`` on the worker thread and wait for its result."""
-        done = threading.Event()
-        box: list[Any] = []
-
-        def task() -> None:
-            try:
-                box.append(("ok", fn()))
-            except BaseException as exc:
-                box.append(("err", exc))
-            finally:
-                done.set()
-
-        self._queue.put(task)
-        if not done.wait(timeout):
-            raise TimeoutError("the fake kubelet did not answer")
-        kind, value = box[0]
-        if kind == "err":
-            raise value
-        return value
-
-    # ---- events -----------------------------------------------------------------------------
-
-    def _on_event(self, key: str, kind: str, obj: JSON, old: JSON | None) -> None:
-        if key == "jobs.batch" and kind in ("ADDED", "MODIFIED"):
-            self._enqueue_sync(obj)
-        elif key == "pods" and kind == "DELETED":
-            uid = obj["metadata"]["uid"]
-            self._queue.put(lambda: self._pod_deleted(uid, obj))
-
-    def _enqueue_sync(self, job: JSON) -> None:
-        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        self._queue.put(lambda: self._sync_job(ns, name))
-
-    # ---- the Job controller -----------------------------------------------------------------
-
-    def _now(self) -> str:
-        return rfc3339(self.api.clock())
-
-    def _pods_of(self, job: JSON) -> list[JSON]:
-        uid = job["metadata"]["uid"]
-        return [
-            p
-            for p in self.api.list(
-                "pods", job["metadata"]["namespace"], f"batch.kubernetes.io/controller-uid={uid}"
-            )
-            if _controller_uid(p) == uid
-        ]
-
-    def _sync_job(self, ns: str, name: str) -> None:
-        job = self.api.find("jobs", name, ns)
-        if job is None or _finished(job) or job["metadata"].get("deletionTimestamp"):
+    def _on_pod(self, kind: str, pod: JSON) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            run = self._runs.get(uid)
+        if kind == "DELETED":
+            if run is not None:
+                run.killed = run.killed or "deleted"
+                _kill(run)
             return
-        spec = job.get("spec") or {}
-        if spec.get("suspend"):
-            return
-        uid = job["metadata"]["uid"]
-        status = dict(job.get("status") or {})
-        if "startTime" not in status:
-            status["startTime"] = self._now()
-            self._job_started[uid] = time.monotonic()
-        self._job_started.setdefault(uid, time.monotonic())
-        active = [
-            p
-            for p in self._pods_of(job)
-            if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")
-            and not p["metadata"].get("deletionTimestamp")
-        ]
-        needs_pod = not active and not status.get("succeeded")
-        status["active"] = 1 if needs_pod else len(active)
-        status.setdefault("ready", 0)
-        status.setdefault("terminating", 0)
-        status.setdefault("uncountedTerminatedPods", {})
-        self._write_job_status(job, status)
-        if needs_pod:
-            self._create_pod(job)
+        phase = (pod.get("status") or {}).get("phase")
+        if pod["metadata"].get("deletionTimestamp"):
+            self._pool.submit(self._terminate, pod, run)
+        elif run is None and uid not in self._done and phase not in ("Succeeded", "Failed"):
+            with self._lock:
+                self._runs[uid] = _Run(pod, None, Path(), Path(), now())
+            self._pool.submit(self._guard, self._start, pod)
 
-    def _write_job_status(self, job: JSON, status: JSON) -> None:
-        status = {
-            k: v
-            for k, v in status.items()
-            if not (k in ("active", "succeeded", "failed") and not v)
-        }
-        if status != (job.get("status") or {}):
-            self.api.update_status(
-                "jobs", job["metadata"]["name"], status, job["metadata"]["namespace"]
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            if not self._stop.is_set():
+                self.errors.append(exc)
+
+    def _terminate(self, pod: JSON, run: _Run | None) -> None:
+        """A pod being deleted: stop its process, report it, then confirm the deletion."""
+        if run is not None and run.proc is not None:
+            run.killed = run.killed or "deleted"
+            grace = pod["metadata"].get("deletionGracePeriodSeconds") or 0
+            _kill(run, grace=min(float(grace), 5.0))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.proc.wait(10)
+            self._finish(pod["metadata"]["uid"], run.proc.returncode or -9)
+        meta = pod["metadata"]
+        with contextlib.suppress(ApiError):
+            self.api.delete(
+                "pods",
+                meta["name"],
+                meta["namespace"],
+                grace_seconds=0,
+                preconditions={"uid": meta["uid"]},
             )
 
-    def _create_pod(self, job: JSON) -> None:
-        meta = job["metadata"]
-        template = (job.get("spec") or {}).get("template") or {}
-        tmeta = template.get("metadata") or {}
-        labels = {
-            **(tmeta.get("labels") or {}),
-            "job-name": meta["name"],
-            "batch.kubernetes.io/job-name": meta["name"],
-            "controller-uid": meta["uid"],
-            "batch.kubernetes.io/controller-uid": meta["uid"],
-        }
-        pod_spec = dict(template.get("spec") or {})
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "generateName": f"{meta['name']}-",
-                "namespace": meta["namespace"],
-                "labels": labels,
-                "annotations": dict(tmeta.get("annotations") or {}),
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": pod_spec,
-        }
-        fault = self._stuck_fault(meta["namespace"], meta["name"])
-        if fault is None or fault[0] != "unschedulable":
-            body["spec"] = {**pod_spec, "nodeName": NODE}
-        pod = self.api.create("pods", body, meta["namespace"])
-        now = self._now()
-        if fault is not None:
-            self._stuck_pods[pod["metadata"]["uid"]] = fault[0]
-            self._set_stuck(pod, fault[0], fault[1], now)
-            return
-        if self.instant is None:
-            pending = _scheduled_waiting(pod, now, lambda c: {"reason": "ContainerCreating"})
-            pod = self.api.update_status(
-                "pods", pod["metadata"]["name"], pending, meta["namespace"]
-            )
-        self._start_pod(pod, job)
-
-    def _set_stuck(self, pod: JSON, kind: str, message: str, now: str) -> None:
-        if kind == "unschedulable":
-            status = {
-                "phase": "Pending",
-                "qosClass": "BestEffort",
-                "conditions": [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "lastProbeTime": None,
-                        "lastTransitionTime": now,
-                        "reason": "Unschedulable",
-                        "message": message
-                        or "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
-                    }
-                ],
-            }
-        else:
-            status = _scheduled_waiting(
-                pod,
-                now,
-                lambda c: {
-                    "reason": "ErrImagePull",
-                    "message": message or f'failed to pull image "{c.get("image", "")}": not found',
-                },
-            )
-        self.api.update_status(
-            "pods", pod["metadata"]["name"], status, pod["metadata"]["namespace"]
-        )
-
-    def _container_env(self, pod: JSON, container: JSON) -> dict[str, str] | str:
-        """The container's own variables, or a CreateContainerConfigError message."""
-        ns = pod["metadata"]["namespace"]
-        env: dict[str, str] = {}
-
-        def from_source(kind: str, name: str, key: str | None) -> dict[str, str] | None:
-            obj = self.api.find("secrets" if kind == "secret" else "configmaps", name, ns)
-            if obj is None:
-                return None
-            data = (
-                {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
-                if kind == "secret"
-                else dict(obj.get("data") or {})
-            )
-            data.update(obj.get("stringData") or {})
-            return data if key is None else ({key: data[key]} if key in data else None)
-
-        for src in container.get("envFrom") or []:
-            for kind in ("secret", "configMap"):
-                ref = src.get(f"{kind}Ref")
-                if ref:
-                    data = from_source(
-                        "secret" if kind == "secret" else "configmap", ref["name"], None
-                    )
-                    if data is None and not ref.get("optional"):
-                        return f'{kind} "{ref["name"]}" not found'
-                    env.update({src.get("prefix", "") + k: v for k, v in (data or {}).items()})
-        for item in container.get("env") or []:
-            name = item["name"]
-            source = item.get("valueFrom")
-            if source is None:
-                env[name] = expand_vars(str(item.get("value", "")), env)
-            elif "fieldRef" in source:
-                path = source["fieldRef"]["fieldPath"]
-                meta = pod["metadata"]
-                values = {
-                    "metadata.name": meta["name"],
-                    "metadata.namespace": ns,
-                    "metadata.uid": meta["uid"],
-                    "spec.nodeName": NODE,
-                    "status.podIP": "127.0.0.1",
-                    "status.hostIP": "127.0.0.1",
-                    "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-                }
-                for dict_name in ("labels", "annotations"):
-                    prefix = f"metadata.{dict_name}['"
-                    if path.startswith(prefix):
-                        values[path] = (meta.get(dict_name) or {}).get(path[len(prefix) : -2], "")
-                env[name] = values.get(path, "")
-            else:
-                for kind, ref_key in (("secret", "secretKeyRef"), ("configmap", "configMapKeyRef")):
-                    ref = source.get(ref_key)
-                    if ref:
-                        data = from_source(kind, ref["name"], ref["key"])
-                        if data is None:
-                            if not ref.get("optional"):
-                                return (
-                                    f"couldn't find key {ref['key']} in {kind} {ns}/{ref['name']}"
-                                )
-                        else:
-                            env[name] = data[ref["key"]]
-        return env
-
-    def _start_pod(self, pod: JSON, job: JSON | None) -> None:
-        ns, name, uid = (
-            pod["metadata"]["namespace"],
-            pod["metadata"]["name"],
-            pod["metadata"]["uid"],
-        )
-        containers = (pod.get("spec") or {}).get("containers") or []
-        container = containers[0] if containers else {}
-        now = self._now()
-        base_status = {
-            "phase": "Running",
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
-            "qosClass": "BestEffort",
-            "startTime": now,
-        }
-        cstatus = {
-            "name": container.get("name", "main"),
-            "image": container.get("image", ""),
-            "imageID": f"emulated://{container.get('image', '')}",
-            "containerID": f"emulated://{uid}",
-            "restartCount": 0,
-        }
-        log = self.workdir / f"{ns}_{name}.log"
-        termination_log = self.workdir / f"{ns}_{name}.termination-log"
+    def _start(self, pod: JSON) -> None:
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        log = self.workdir / f"{ns}_{name}_{uid[:8]}.log"
+        termination_log = log.with_suffix(".termination-log")
         log.touch()
         termination_log.touch()
+        pull_error = self._pull_error(pod)
+        if pull_error:
+            self._write_waiting(pod, container, "ErrImagePull", pull_error)
+            return
+        run = _Run(pod, None, log, termination_log, now())
+        with self._lock:
+            self._runs[uid] = run
         if self.instant is not None:
             result = self.instant(pod)
             code, message = (0, result) if isinstance(result, str) else result
-            self._running[uid] = _Running(pod, None, log, termination_log, now)
             termination_log.write_text(message)
+            self._write_running(pod, container, run.started)
             self._finish(uid, code)
             return
-        env = self._container_env(pod, container)
-        argv = [*(container.get("command") or []), *(container.get("args") or [])]
-        if not container.get("command"):
-            argv = [
-                *self.entrypoints.get(container.get("image", ""), []),
-                *(container.get("args") or []),
-            ]
+        argv, env = self._command(pod, container)
         if isinstance(env, str) or not argv:
             reason = (
                 "CreateContainerConfigError" if isinstance(env, str) else "CreateContainerError"
             )
-            message = (
+            self._write_waiting(
+                pod,
+                container,
+                reason,
                 env
                 if isinstance(env, str)
-                else f"no command and no entrypoint known for image {container.get('image')!r}"
+                else f"no command known for image {container.get('image')!r}",
             )
-            self.api.update_status(
-                "pods",
-                name,
-                {
-                    "phase": "Pending",
-                    "hostIP": "127.0.0.1",
-                    "qosClass": "BestEffort",
-                    "startTime": now,
-                    "containerStatuses": [
-                        {
-                            **cstatus,
-                            "ready": False,
-                            "started": False,
-                            "state": {"waiting": {"reason": reason, "message": message}},
-                        }
-                    ],
-                },
-                ns,
-            )
+            with self._lock:
+                self._runs.pop(uid, None)
             return
-        argv = [expand_vars(a, env) for a in argv]
-        if os.path.basename(argv[0]) in ("python", "python3"):
-            argv[0] = sys.executable
+        self._spawn(pod, container, run, argv, env)
+
+    def _spawn(
+        self, pod: JSON, container: JSON, run: _Run, argv: list[str], env: dict[str, str]
+    ) -> None:
         proc_env = {
-            **os.environ,
-            **self.extra_env,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
             **env,
-            "KUBETUNE_TERMINATION_LOG": str(termination_log),
+            "KUBETUNE_TERMINATION_LOG": str(run.termination_log),
         }
         cwd = container.get("workingDir")
         if not cwd or not os.path.isdir(cwd):
             cwd = str(self.workdir)
-        with log.open("ab") as out:
+        with run.log.open("ab") as out:
             try:
-                proc = subprocess.Popen(
+                run.proc = subprocess.Popen(
                     argv,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -497,433 +331,378 @@ class FakeKubelet:
                     start_new_session=True,
                 )
             except OSError as exc:
-                self.api.update_status(
-                    "pods",
-                    name,
-                    {
-                        **base_status,
-                        "phase": "Failed",
-                        "containerStatuses": [
-                            {
-                                **cstatus,
-                                "ready": False,
-                                "started": False,
-                                "state": {
-                                    "terminated": {
-                                        "exitCode": 128,
-                                        "reason": "StartError",
-                                        "message": str(exc),
-                                        "startedAt": now,
-                                        "finishedAt": now,
-                                    }
-                                },
-                            }
-                        ],
-                    },
-                    ns,
-                )
-                if job is not None:
-                    self._queue.put(lambda: self._account(uid, pod))
+                run.termination_log.write_text(str(exc))
+                self._finish(pod["metadata"]["uid"], 128)
                 return
-        self._running[uid] = _Running(pod, proc, log, termination_log, now)
-        self.api.update_status(
-            "pods",
-            name,
-            {
-                **base_status,
-                "conditions": [
-                    {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
-                    for t in (
-                        "PodReadyToStartContainers",
-                        "Initialized",
-                        "Ready",
-                        "ContainersReady",
-                        "PodScheduled",
-                    )
-                ],
-                "containerStatuses": [
-                    {
-                        **cstatus,
-                        "ready": True,
-                        "started": True,
-                        "state": {"running": {"startedAt": now}},
-                    }
-                ],
-            },
-            ns,
-        )
-        if job is not None:
-            fresh = self.api.find("jobs", job["metadata"]["name"], ns)
-            if fresh is not None:
-                self._write_job_status(fresh, {**(fresh.get("status") or {}), "ready": 1})
+        self._write_running(pod, container, run.started)
+        code = run.proc.wait()
+        self._finish(pod["metadata"]["uid"], code)
 
-        def wait() -> None:
-            code = proc.wait()
-            self._queue.put(lambda: self._finish(uid, code))
-
-        threading.Thread(target=wait, name=f"wait-{name}", daemon=True).start()
+    def _command(self, pod: JSON, container: JSON) -> tuple[list[str], dict[str, str] | str]:
+        env = self._container_env(pod, container)
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        if not container.get("command"):
+            image = container.get("image", "")
+            argv = [*self.entrypoints.get(image, []), *(container.get("args") or [])]
+        if isinstance(env, str) or not argv:
+            return argv, env
+        argv = [expand_vars(a, env) for a in argv]
+        if os.path.basename(argv[0]) in ("python", "python3"):
+            argv[0] = sys.executable
+        return argv, env
 
     def _finish(self, uid: str, code: int) -> None:
-        """The process ended: write the pod's terminal status, then account it in its Job."""
-        run = self._running.pop(uid, None)
-        if run is None:
-            return
-        pod = run.pod
-        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        """The process ended: write the pod's terminal status (once)."""
+        with self._lock:
+            run = self._runs.pop(uid, None)
+            if run is None or uid in self._done:
+                return
+            self._done.add(uid)
         if code < 0:
             code = 128 - code  # killed by signal N -> 128 + N
-        now = self._now()
-        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        container = ((run.pod.get("spec") or {}).get("containers") or [{}])[0]
         message = run.termination_log.read_bytes()[:MESSAGE_LIMIT].decode(errors="replace")
-        if (
-            not message
-            and code != 0
-            and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-        ):
+        policy = container.get("terminationMessagePolicy")
+        if not message and code != 0 and policy == "FallbackToLogsOnError":
             lines = run.log.read_bytes().decode(errors="replace").splitlines()[-80:]
             message = "\n".join(lines)[-2048:]
         reason = "Completed" if code == 0 else "Error"
         if run.killed == "oom":
             reason, code = "OOMKilled", 137
-        conditions = []
-        if run.killed in DISRUPTIONS:
-            d_reason, d_message = DISRUPTIONS[run.killed]
-            conditions.append(
-                {
-                    "type": "DisruptionTarget",
-                    "status": "True",
-                    "lastProbeTime": None,
-                    "lastTransitionTime": now,
-                    "reason": d_reason,
-                    "message": d_message,
-                }
-            )
-        if run.killed == "lost":
-            reason, code, message = (
-                "ContainerStatusUnknown",
-                137,
-                "The container could not be located when the pod was terminated",
-            )
         terminated = {
             "exitCode": code,
             "reason": reason,
             "startedAt": run.started,
-            "finishedAt": now,
-            "containerID": f"emulated://{uid}",
+            "finishedAt": now(),
+            "containerID": f"process://{uid}",
         }
         if message:
             terminated["message"] = message
         phase = "Succeeded" if code == 0 and not run.killed else "Failed"
-        conditions += [
-            {
-                "type": t,
-                "status": "False",
-                "lastProbeTime": None,
-                "lastTransitionTime": now,
-                "reason": "PodCompleted" if phase == "Succeeded" else "PodFailed",
-            }
-            for t in ("Ready", "ContainersReady")
-        ]
         status = {
             "phase": phase,
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
-            "qosClass": "BestEffort",
-            "startTime": run.started,
-            "conditions": conditions,
+            "conditions": _conditions(phase),
             "containerStatuses": [
                 {
-                    "name": container.get("name", "main"),
-                    "image": container.get("image", ""),
-                    "imageID": f"emulated://{container.get('image', '')}",
-                    "containerID": f"emulated://{uid}",
+                    **_container_status(run.pod, container),
                     "ready": False,
                     "started": False,
-                    "restartCount": 0,
                     "state": {"terminated": terminated},
                 }
             ],
         }
-        final = dict(pod)
-        final["status"] = status
-        if run.killed not in ("deleted", "deadline"):
-            with contextlib.suppress(ApiError):
-                final = self.api.update_status("pods", name, status, ns)
-        if run.killed != "deadline":
-            self._account(uid, final)
-        if run.killed in DISRUPTIONS:
-            with contextlib.suppress(ApiError):  # a disrupted pod was being deleted
-                self.api.delete("pods", name, ns)
+        self._write_status(run.pod, status)
 
-    def _pod_deleted(self, uid: str, pod: JSON) -> None:
-        self._stuck_pods.pop(uid, None)
-        run = self._running.get(uid)
-        if run is not None and run.proc is not None and run.proc.poll() is None:
-            run.killed = run.killed or "deleted"
-            self._kill(run)
-        elif run is None and _controller_uid(pod) and uid not in self._accounted:
-            owner_uid = _controller_uid(pod)
-            for job in self.api.list("jobs", pod["metadata"]["namespace"]):
-                if job["metadata"]["uid"] == owner_uid:
-                    self._sync_job(job["metadata"]["namespace"], job["metadata"]["name"])
-
-    @staticmethod
-    def _kill(run: _Running) -> None:
-        if run.proc is not None and run.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run.proc.wait(5)  # SIGKILL is quick; a dead process is what callers expect
-
-    def _match_rule(self, pod: JSON) -> tuple[int, JSON] | None:
-        policy = None
-        owner = _controller_uid(pod)
-        job = next(
-            (
-                j
-                for j in self.api.list("jobs", pod["metadata"]["namespace"])
-                if j["metadata"]["uid"] == owner
-            ),
-            None,
-        )
-        if job is not None:
-            policy = (job.get("spec") or {}).get("podFailurePolicy")
-        status = pod.get("status") or {}
-        for index, rule in enumerate((policy or {}).get("rules") or []):
-            on_codes = rule.get("onExitCodes")
-            if on_codes:
-                for cs in status.get("containerStatuses") or []:
-                    if on_codes.get("containerName") not in (None, cs.get("name")):
-                        continue
-                    code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
-                    if code is None or code == 0:
-                        continue
-                    inside = code in (on_codes.get("values") or [])
-                    if inside == (on_codes.get("operator", "In") == "In"):
-                        return index, {**rule, "_container": cs.get("name"), "_code": code}
-            for pattern in rule.get("onPodConditions") or []:
-                for cond in status.get("conditions") or []:
-                    if cond.get("type") == pattern.get("type") and cond.get(
-                        "status"
-                    ) == pattern.get("status", "True"):
-                        return index, {**rule, "_condition": cond.get("type")}
-        return None
-
-    def _account(self, uid: str, pod: JSON) -> None:
-        """What the Job controller does when one of its pods reaches a terminal phase."""
-        if uid in self._accounted:
-            return
-        self._accounted.add(uid)
-        owner = _controller_uid(pod)
-        ns = pod["metadata"]["namespace"]
-        # Look the Job up by the name in the pod's owner reference (one read), not by listing
-        # every Job of the namespace (quadratic at scale); the uid check keeps a re-created Job
-        # of the same name from being charged for an old pod.
-        ref: dict[str, Any] = next(
-            (
-                r
-                for r in pod["metadata"].get("ownerReferences") or []
-                if r.get("kind") == "Job" and r.get("controller")
-            ),
-            {},
-        )
-        if ref.get("name"):
-            found = self.api.find("jobs", ref["name"], ns)
-            job = found if found is not None and found["metadata"]["uid"] == owner else None
-        else:
-            job = next(
-                (j for j in self.api.list("jobs", ns) if j["metadata"]["uid"] == owner), None
+    def _write_status(self, pod: JSON, status: JSON) -> None:
+        """A strategic merge, as the kubelet's: conditions others set (``DisruptionTarget``)
+        stay, matched by type; container statuses match by name."""
+        meta = pod["metadata"]
+        with contextlib.suppress(ApiError):
+            self.api.patch(
+                "pods",
+                meta["name"],
+                {"status": status},
+                meta["namespace"],
+                subresource="status",
+                patch_type="strategic",
             )
-        if job is None or _finished(job):
-            return
-        spec = job.get("spec") or {}
-        status = dict(job.get("status") or {})
-        now = self._now()
-        phase = (pod.get("status") or {}).get("phase")
-        status["active"] = 0
-        status["ready"] = 0
-        if phase == "Succeeded":
-            status["succeeded"] = int(status.get("succeeded", 0)) + 1
-            status["completionTime"] = now
-            status["conditions"] = [
-                *(status.get("conditions") or []),
-                _condition(
-                    "SuccessCriteriaMet",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                    now,
-                ),
-                _condition(
-                    "Complete",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                    now,
-                ),
-            ]
-            self._write_job_status(job, status)
-            return
-        matched = self._match_rule(pod)
-        action = matched[1].get("action", "Count") if matched else "Count"
-        if action == "Ignore":
-            self._write_job_status(job, status)
-            self._sync_job(ns, job["metadata"]["name"])
-            return
-        status["failed"] = int(status.get("failed", 0)) + 1
-        if action == "FailJob" and matched is not None:
-            index, rule = matched
-            pod_ref = f"{ns}/{pod['metadata']['name']}"
-            if "_condition" in rule:
-                message = (
-                    f"Pod {pod_ref} has condition {rule['_condition']} "
-                    f"matching FailJob rule at index {index}"
-                )
-            else:
-                message = (
-                    f"Container {rule['_container']} for pod {pod_ref} failed with exit code "
-                    f"{rule['_code']} matching FailJob rule at index {index}"
-                )
-            self._fail_job(job, status, "PodFailurePolicy", message)
-            return
-        if status["failed"] > int(spec.get("backoffLimit", 6)):
-            self._fail_job(
-                job, status, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-            )
-            return
-        self._write_job_status(job, status)
-        self._sync_job(ns, job["metadata"]["name"])
 
-    def _fail_job(self, job: JSON, status: JSON, reason: str, message: str) -> None:
-        now = self._now()
-        for pod in self._pods_of(job):
-            run = self._running.get(pod["metadata"]["uid"])
-            if run is not None:
-                run.killed = run.killed or "deadline"
-                self._kill(run)
-            if (pod.get("status") or {}).get("phase") in (None, "Pending", "Running"):
-                with contextlib.suppress(ApiError):
-                    self.api.delete("pods", pod["metadata"]["name"], pod["metadata"]["namespace"])
+    def _write_running(self, pod: JSON, container: JSON, started: str) -> None:
         status = {
-            **status,
-            "active": 0,
-            "ready": 0,
-            "conditions": [
-                *(status.get("conditions") or []),
-                _condition("FailureTarget", reason, message, now),
-                _condition("Failed", reason, message, now),
+            "phase": "Running",
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": started,
+            "conditions": _conditions("Running"),
+            "containerStatuses": [
+                {
+                    **_container_status(pod, container),
+                    "ready": True,
+                    "started": True,
+                    "state": {"running": {"startedAt": started}},
+                }
             ],
         }
-        self._write_job_status(job, status)
+        self._write_status(pod, status)
 
-    def _check_deadlines(self) -> None:
-        if not self._job_started:
-            return
-        now = time.monotonic()
-        for job in self.api.list("jobs"):
-            uid = job["metadata"]["uid"]
-            deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
-            started = self._job_started.get(uid)
-            if (
-                deadline is None
-                or started is None
-                or _finished(job)
-                or now - started < float(deadline)
-            ):
+    def _write_waiting(self, pod: JSON, container: JSON, reason: str, message: str) -> None:
+        status = {
+            "phase": "Pending",
+            "hostIP": "127.0.0.1",
+            "startTime": now(),
+            "containerStatuses": [
+                {
+                    **_container_status(pod, container),
+                    "ready": False,
+                    "started": False,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+            ],
+        }
+        self._write_status(pod, status)
+
+    def _container_env(self, pod: JSON, container: JSON) -> dict[str, str] | str:
+        """The container's variables, or a CreateContainerConfigError message."""
+        ns = pod["metadata"]["namespace"]
+        env: dict[str, str] = {}
+        for src in container.get("envFrom") or []:
+            for kind in ("secret", "configMap"):
+                ref = src.get(f"{kind}Ref")
+                if not ref:
+                    continue
+                data = self._source(kind, ref["name"], ns)
+                if data is None and not ref.get("optional"):
+                    return f'{kind} "{ref["name"]}" not found'
+                env.update({src.get("prefix", "") + k: v for k, v in (data or {}).items()})
+        for item in container.get("env") or []:
+            source = item.get("valueFrom")
+            if source is None:
+                env[item["name"]] = expand_vars(str(item.get("value", "")), env)
+            elif "fieldRef" in source:
+                env[item["name"]] = _field(pod, source["fieldRef"]["fieldPath"])
+            else:
+                missing = self._env_from_ref(env, item["name"], source, ns)
+                if missing:
+                    return missing
+        return env
+
+    def _env_from_ref(self, env: dict[str, str], name: str, source: JSON, ns: str) -> str:
+        for kind, key in (("secret", "secretKeyRef"), ("configMap", "configMapKeyRef")):
+            ref = source.get(key)
+            if not ref:
                 continue
-            self._fail_job(
-                job,
-                dict(job.get("status") or {}),
-                "DeadlineExceeded",
-                "Job was active longer than specified deadline",
-            )
+            data = self._source(kind, ref["name"], ns)
+            if data is not None and ref["key"] in data:
+                env[name] = data[ref["key"]]
+            elif not ref.get("optional"):
+                return f"couldn't find key {ref['key']} in {kind} {ns}/{ref['name']}"
+        return ""
 
-    # ---- fault verbs (thread-safe) ----------------------------------------------------------
+    def _source(self, kind: str, name: str, ns: str) -> dict[str, str] | None:
+        obj = self.api.find("secrets" if kind == "secret" else "configmaps", name, ns)
+        if obj is None:
+            return None
+        if kind == "secret":
+            return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+        return dict(obj.get("data") or {})
 
-    def _disrupt(self, pod_name: str, namespace: str, why: str) -> None:
-        def task() -> None:
-            pod = self.api.get("pods", pod_name, namespace)
-            uid = pod["metadata"]["uid"]
-            run = self._running.get(uid)
-            if run is None:
-                raise ApiError(
-                    409, "Conflict", f"pod {namespace}/{pod_name} has no running process"
-                )
-            run.killed = why
-            self._kill(run)
-
-        self.call(task)
-
-    def evict(self, pod_name: str, namespace: str = "default") -> None:
-        """Eviction API: the pod fails with condition DisruptionTarget, then is deleted."""
-        self._disrupt(pod_name, namespace, "evict")
-
-    def lose_node(self, pod_name: str, namespace: str = "default") -> None:
-        """The node vanished: DisruptionTarget (DeletionByTaintManager), status unknown."""
-        self._disrupt(pod_name, namespace, "lost")
-
-    def preempt(self, pod_name: str, namespace: str = "default") -> None:
-        self._disrupt(pod_name, namespace, "preempt")
-
-    def oom(self, pod_name: str, namespace: str = "default") -> None:
-        """The container is OOM-killed: exit code 137, reason OOMKilled (no DisruptionTarget)."""
-        self._disrupt(pod_name, namespace, "oom")
+    # ---- faults a kubelet produces ---------------------------------------------------------------
 
     def image_pull_error(self, job: str, namespace: str = "*", message: str = "") -> None:
-        """Pods of matching Jobs (fnmatch pattern) created from now on wait in ErrImagePull."""
-        self.call(lambda: self._stuck.append(("image", namespace, job, message)))
-
-    def unschedulable(self, job: str, namespace: str = "*", message: str = "") -> None:
-        """Pods of matching Jobs created from now on stay Pending with PodScheduled=False."""
-        self.call(lambda: self._stuck.append(("unschedulable", namespace, job, message)))
+        """Pods of Jobs matching ``job`` (a glob) fail to pull their image from now on."""
+        self._pull_errors[(namespace, job)] = message or "failed to pull image: not found"
 
     def heal(self) -> None:
-        """Clear image-pull and scheduling faults; stuck pods start now."""
+        self._pull_errors.clear()
 
-        def task() -> None:
-            self._stuck.clear()
-            for uid, _kind in list(self._stuck_pods.items()):
-                del self._stuck_pods[uid]
-                pod = next((p for p in self.api.list("pods") if p["metadata"]["uid"] == uid), None)
-                if pod is None:
-                    continue
-                owner = _controller_uid(pod)
-                job = next(
-                    (j for j in self.api.list("jobs") if j["metadata"]["uid"] == owner), None
-                )
-                self._start_pod(pod, job)
+    def _pull_error(self, pod: JSON) -> str:
+        meta = pod["metadata"]
+        job = (meta.get("labels") or {}).get("job-name", "")
+        for (ns, pattern), message in self._pull_errors.items():
+            if fnmatch.fnmatch(meta["namespace"], ns) and fnmatch.fnmatch(job, pattern):
+                return message
+        return ""
 
-        self.call(task)
+    def evict(self, pod: str, namespace: str = "default") -> None:
+        """The Eviction API, as ``kubectl drain`` uses it (``DisruptionTarget``, then delete)."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": namespace},
+        }
+        self.api.request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", json=body)
 
-    def _stuck_fault(self, namespace: str, job: str) -> tuple[str, str] | None:
-        for kind, ns_pattern, job_pattern, message in self._stuck:
-            if fnmatch.fnmatchcase(namespace, ns_pattern) and fnmatch.fnmatchcase(job, job_pattern):
-                return ("unschedulable" if kind == "unschedulable" else "image", message)
-        return None
+    def disrupt(self, pod: str, namespace: str, reason: str, message: str) -> None:
+        """What the taint manager or the scheduler does: ``DisruptionTarget``, then delete."""
+        cond = {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now(),
+        }
+        self.api.patch(
+            "pods",
+            pod,
+            {"status": {"conditions": [cond]}},
+            namespace,
+            subresource="status",
+            patch_type="strategic",
+        )
+        self.api.delete("pods", pod, namespace)
 
-    # ---- queries ----------------------------------------------------------------------------
+    def lose_node(self, pod: str, namespace: str = "default") -> None:
+        self.disrupt(
+            pod,
+            namespace,
+            "DeletionByTaintManager",
+            "Taint manager: deleting due to NoExecute taint",
+        )
+
+    def preempt(self, pod: str, namespace: str = "default") -> None:
+        self.disrupt(
+            pod, namespace, "PreemptionByScheduler", "Preempted in order to admit critical pod"
+        )
+
+    def oom(self, pod: str, namespace: str = "default") -> None:
+        """The container is killed for memory: exit 137, reason ``OOMKilled``."""
+        for run in self._active_runs():
+            meta = run.pod["metadata"]
+            if meta["name"] == pod and meta["namespace"] == namespace:
+                run.killed = "oom"
+                _kill(run)
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def _active_runs(self) -> list[_Run]:
+        with self._lock:
+            return list(self._runs.values())
 
     def active_pod(self, job: str, namespace: str = "default") -> str | None:
-        """The name of the Job's pod that runs a process now, if any."""
-        for pod in self.api.list("pods", namespace, f"batch.kubernetes.io/job-name={job}"):
-            if (pod.get("status") or {}).get("phase") == "Running":
-                return str(pod["metadata"]["name"])
+        """The name of the Job's pod whose process is running here, if any."""
+        for run in self._active_runs():
+            meta = run.pod["metadata"]
+            labels = meta.get("labels") or {}
+            mine = meta["namespace"] == namespace and labels.get("job-name") == job
+            if mine and run.proc is not None and run.proc.poll() is None:
+                return str(meta["name"])
         return None
 
     def running_processes(self) -> int:
-        return int(
-            self.call(
-                lambda: sum(
-                    1
-                    for r in self._running.values()
-                    if r.proc is not None and r.proc.poll() is None
-                )
-            )
-        )
+        return sum(1 for r in self._active_runs() if r.proc is not None and r.proc.poll() is None)
 
-    def _log(self, namespace: str, name: str, params: Mapping[str, str]) -> str:
-        path = self.workdir / f"{namespace}_{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        tail = params.get("tailLines")
-        if tail and tail.isdigit():
-            lines = text.splitlines(keepends=True)
-            text = "".join(lines[-int(tail) :]) if int(tail) else ""
-        return text
+    def log_of(self, namespace: str, pod: str) -> str:
+        found = sorted(self.workdir.glob(f"{namespace}_{pod}_*.log"))
+        return found[-1].read_text(errors="replace") if found else ""
+
+    # ---- the kubelet's HTTPS port (container logs) -----------------------------------------
+
+    def _serve_logs(self) -> int:
+        kubelet = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) < 3 or parts[0] != "containerLogs":
+                    self.send_error(404)
+                    return
+                text = kubelet.log_of(parts[1], parts[2])
+                tail = urllib.parse.parse_qs(url.query).get("tailLines")
+                if tail:
+                    text = "".join(text.splitlines(keepends=True)[-int(tail[0]) :])
+                body = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = _tls_context(self.pki, self.workdir).wrap_socket(
+            self._server.socket, server_side=True
+        )
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return int(self._server.server_address[1])
+
+
+def _tls_context(pki: Path, workdir: Path) -> ssl.SSLContext:
+    """A serving certificate for 127.0.0.1 signed by the cluster CA (the apiserver checks it)."""
+    key, csr, crt, ext = (workdir / f"kubelet.{s}" for s in ("key", "csr", "crt", "ext"))
+    if not crt.exists():
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        run("openssl", "genrsa", "-out", str(key), "2048")
+        run("openssl", "req", "-new", "-key", str(key), "-subj", f"/CN={NODE}", "-out", str(csr))
+        run(
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(pki / "ca.crt"),
+            "-CAkey",
+            str(pki / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(crt),
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(crt), str(key))
+    return context
+
+
+def _kill(run: _Run, grace: float = 0.0) -> None:
+    proc = run.proc
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if grace > 0:
+            os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _field(pod: JSON, path: str) -> str:
+    meta = pod["metadata"]
+    values = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "spec.nodeName": NODE,
+        "status.podIP": "127.0.0.1",
+        "status.hostIP": "127.0.0.1",
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+    }
+    for dict_name in ("labels", "annotations"):
+        prefix = f"metadata.{dict_name}['"
+        if path.startswith(prefix):
+            return str((meta.get(dict_name) or {}).get(path[len(prefix) : -2], ""))
+    return values.get(path, "")
+
+
+def _conditions(phase: str) -> list[JSON]:
+    ok = "True" if phase == "Running" else "False"
+    reason = {"Running": None, "Succeeded": "PodCompleted", "Failed": "PodFailed"}[phase]
+    out = []
+    for ctype in (
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ):
+        status = ok if ctype in ("Ready", "ContainersReady") else "True"
+        cond: JSON = {
+            "type": ctype,
+            "status": status,
+            "lastProbeTime": None,
+            "lastTransitionTime": now(),
+        }
+        if status == "False" and reason:
+            cond["reason"] = reason
+        out.append(cond)
+    return out
+
+
+def _container_status(pod: JSON, container: JSON) -> JSON:
+    image = container.get("image", "")
+    return {
+        "name": container.get("name", "main"),
+        "image": image,
+        "imageID": f"process://{image}",
+        "containerID": f"process://{pod['metadata']['uid']}",
+        "restartCount": 0,
+    }

@@ -64,7 +64,7 @@ def assert_exact_accounting(
     # No Job was created twice (deleted and re-created under the same attempt's name).
     created = collections.Counter(
         e.obj["metadata"]["name"]
-        for e in list(world.api._history)
+        for e in world.cluster.history
         if e.key == "jobs.batch"
         and e.type == "ADDED"
         and (e.obj["metadata"].get("labels") or {}).get("kubetune.io/study") == name
@@ -77,7 +77,7 @@ def assert_exact_accounting(
 def _all_jobs_ever(world: World, name: str) -> list[dict[str, Any]]:
     """Every Job of the study the API ever stored (deleted ones included), once each."""
     seen: dict[str, dict[str, Any]] = {}
-    for event in list(world.api._history):
+    for event in world.cluster.history:
         if event.key != "jobs.batch":
             continue
         labels = event.obj["metadata"].get("labels") or {}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness import FakeKubelet
+from harness import Kubelet
 from reliability.checks import assert_exact_accounting
 from reliability.world import NS, World, study_manifest
 
@@ -45,7 +45,7 @@ def _reasons(world: World) -> set[str]:
     return {str(e.get("reason")) for e in world.events()}
 
 
-DISRUPTIONS: dict[str, Callable[[FakeKubelet, str], None]] = {
+DISRUPTIONS: dict[str, Callable[[Kubelet, str], None]] = {
     "evict": lambda k, pod: k.evict(pod, NS),
     "lose_node": lambda k, pod: k.lose_node(pod, NS),
     "preempt": lambda k, pod: k.preempt(pod, NS),
@@ -150,10 +150,10 @@ def test_unschedulable_trial_waits_then_runs(operator_world: World) -> None:
     world = operator_world
     name = "dis-sched"
     kubelet = world.cluster.kubelet
-    kubelet.unschedulable(
-        f"{name}-*", NS, "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
-    )
-    world.apply(study_manifest(name, max_trials=1, parallelism=1, steps=1))
+    manifest = study_manifest(name, max_trials=1, parallelism=1, steps=1)
+    container = manifest["spec"]["trial"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"nvidia.com/gpu": "9"}}  # the node has 8
+    world.apply(manifest)
     cond: Any = world.wait(
         lambda: _condition_is(world, name, "PodsHealthy", "False", "Unschedulable"),
         60,
@@ -162,7 +162,7 @@ def test_unschedulable_trial_waits_then_runs(operator_world: World) -> None:
     assert "Insufficient" in cond["message"]
     # Waiting for capacity is not a failure: the trial is still RUNNING in the ledger.
     assert [t.state.name for t in world.trials(name)] == ["RUNNING"]
-    kubelet.heal()
+    kubelet.set_gpus(16)  # capacity arrives (a node joins): the real scheduler places the pod
     world.wait_finished(name)
     trials = assert_exact_accounting(world, name, max_trials=1)
     assert trials[0].state.name == "COMPLETE"

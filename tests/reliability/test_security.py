@@ -293,8 +293,8 @@ def test_no_secret_in_logs_status_events_or_objects(scenario: Scenario) -> None:
 
 
 def test_pods_of_the_scenario_never_saw_storage_credentials(scenario: Scenario) -> None:
-    """What the fake kubelet really ran: the env of every trial pod, from the stored Jobs."""
-    created = [e.obj for e in list(scenario.world.api._history) if e.key == "jobs.batch"]
+    """What the kubelet stand-in really ran: the env of every trial pod, from the stored Jobs."""
+    created = [e.obj for e in scenario.world.cluster.history if e.key == "jobs.batch"]
     assert created
     for job in created:
         text = json.dumps(job["spec"])

@@ -204,7 +204,7 @@ class World:
         """Every Job name the API ever accepted a create for (from the watch history)."""
         return [
             e.obj["metadata"]["name"]
-            for e in list(self.api._history)
+            for e in self.cluster.history
             if e.key == "jobs.batch"
             and e.type == "ADDED"
             and e.obj["metadata"].get("namespace") == namespace
@@ -238,8 +238,10 @@ class World:
                 storage.engine.dispose()
 
     def everything_stored(self) -> str:
-        """Every object the emulated API holds or ever held, as one JSON text (leak checks)."""
-        return "\n".join(json.dumps(e.obj, sort_keys=True) for e in list(self.api._history))
+        """Every object the apiserver held during the test (as the watches saw them) and every
+        body the operator wrote, as one JSON text (leak checks)."""
+        seen = [json.dumps(e.obj, sort_keys=True) for e in self.cluster.history]
+        return "\n".join([*seen, *self.cluster.proxy.bodies])
 
 
 def _null_pool() -> Any:

@@ -429,3 +429,42 @@ def test_a_job_the_api_refuses_fails_its_trial(
     assert trials[0].user_attrs["kubetune:fail_reason"] == "JobRejected"
     assert "422" in trials[0].user_attrs["kubetune:fail_message"]
     assert final["trials"]["failed"] == 1
+
+
+def test_kueue_queued_jobs_hold_their_slots_until_admitted(
+    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+) -> None:
+    """With ``trial.queueName`` the Jobs are created suspended (Kueue admits them by unsetting
+    ``suspend``): the real Job controller starts no pod, the trials wait in their slots, and
+    once admitted they run to the end."""
+    manifest = study_manifest("queued", trainer_file(tmp_path), max_trials=3, parallelism=2)
+    manifest["spec"]["trial"]["queueName"] = "gpu-queue"
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", manifest, NS)
+        queued = cluster.api.wait_for(
+            lambda: len(jobs(cluster, "queued")) == 2 and jobs(cluster, "queued"), 60
+        )
+        for job in queued:
+            assert job["spec"]["suspend"] is True
+            assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        # Suspended Jobs hold the study's slots (no third Job) and get no pods.
+        cluster.api.wait_for(lambda: status(cluster, "queued").get("trials"), 30)
+        assert len(jobs(cluster, "queued")) == 2
+        assert cluster.api.list("pods", NS, label_selector="kubetune.io/study=queued") == []
+        assert [
+            t.state.name for t in optuna_trials(operator_env_vars, status(cluster, "queued"))
+        ] == ["RUNNING", "RUNNING"]
+        admitted: set[str] = set()
+
+        def admit_all() -> bool:  # what Kueue does when quota frees up
+            for job in jobs(cluster, "queued"):
+                name = job["metadata"]["name"]
+                if job["spec"].get("suspend") and name not in admitted:
+                    cluster.api.patch("jobs", name, {"spec": {"suspend": False}}, NS)
+                    admitted.add(name)
+            return status(cluster, "queued").get("state") == "Succeeded"
+
+        cluster.api.wait_for(admit_all, 90, message="the admitted study never finished")
+    assert runner.exit_code == 0
+    assert admitted == {"queued-0", "queued-1", "queued-2"}
+    assert by_state(optuna_trials(operator_env_vars, status(cluster, "queued"))) == {"COMPLETE": 3}

@@ -1,12 +1,19 @@
-"""An emulated cluster for the operator benchmarks: PostgreSQL, API server, fake kubelet, kopf.
+"""A real cluster for the operator benchmarks: PostgreSQL, Kubernetes v1.32, kubelet stand-in.
 
-Everything is the project's own test harness (``tests/harness``): a real PostgreSQL, the
-emulated Kubernetes API over HTTP, the fake kubelet in *instant* mode (no process runs: a pod
-ends at once with a termination message), and the real operator (``kopf run -m
-kubetune.handlers``) in its own process, as in a cluster, so its RSS and CPU are its own.
+Everything is the project's own test harness (``tests/harness``): a real PostgreSQL, the real
+control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler v1.32 from
+``../shared/k8s``) on its own port base and folder, the kubelet stand-in in *instant* mode (no
+process runs: a pod ends at once with a termination message; the real Job controller turns the
+Job Complete), the recording proxy between the operator and the apiserver, and the real operator
+(``kopf run -m kubetune.handlers``) in its own process, as in a cluster, so its RSS and CPU are
+its own.
 
-A store listener records, with ``time.perf_counter``, when each trial Job is created and when
-the fake kubelet marks it Complete -- the API's own timestamps have one-second precision.
+A watch on the trial Jobs records, with ``time.perf_counter``, when each Job is first seen
+(created) and when it is first seen Complete -- the API's own timestamps have one-second
+precision. Both ends come through the same watch stream, so its delivery delay cancels out.
+
+Tests pass the session's running cluster (``cluster=``); benchmarks run on their own start a
+control plane of their own (``KUBETUNE_BENCH_K8S_PORT_BASE``, default 29000).
 """
 
 from __future__ import annotations
@@ -28,24 +35,42 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks._common import REPO, rss_mib
 
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
-from harness.apiserver import EmulatedApi
-from harness.kubelet import FakeKubelet
+from harness.cluster import ClusterApi, install_crds
+from harness.control_plane import ControlPlane
+from harness.kube import KubeApi
+from harness.kubelet import Kubelet
 from harness.postgres import PostgresServer, start_server
+from harness.proxy import FaultProxy, write_kubeconfig
 
-JOBS = "jobs.batch"
+if TYPE_CHECKING:
+    from harness.cluster import Cluster
+
+JOBS = "jobs"
 STUDY_LABEL = "kubetune.io/study"
 TOKEN_KEY = "benchmark-token-key-0123456789abcdef"
-
+#: Port base of a benchmark's own control plane (the tests' default is 26000).
+DEFAULT_PORT_BASE = 29000
+#: The node's pod capacity: finished pods stay until their Job goes, and the scale benchmark
+#: keeps thousands of them.
+NODE_PODS = 20000
+#: Client rate limits given to kube-controller-manager and kube-scheduler (upstream defaults:
+#: 20/30 and 50/100 requests/s). At the default the Job controller, not the operator, paces a
+#: benchmark of hundreds of zero-work trials. 0 keeps the defaults.
+CONTROL_PLANE_QPS = int(os.environ.get("KUBETUNE_BENCH_CONTROL_PLANE_QPS", "200"))
 
 #: How the operator benchmarks run the operator, printed with their conditions.
-OPERATOR_SETUP = "kopf run -m kubetune.handlers (own process), emulated API, instant kubelet"
+OPERATOR_SETUP = (
+    "kopf run -m kubetune.handlers (own process) through the recording proxy; real control "
+    "plane v1.32 (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) on the same "
+    "machine; kubelet stand-in in instant mode"
+)
 
 
 def zero_work(pod: Mapping[str, Any]) -> str:
@@ -98,24 +123,49 @@ def study_manifest(
 
 @dataclass
 class Timeline:
-    """Per study: perf_counter times of Job creations and of Jobs turning Complete."""
+    """Per study (``namespace/label``): perf_counter times of Job creations and of Jobs
+    turning Complete, each Job counted once (a relisted watch repeats what it saw)."""
 
     created: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     completed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _made: set[tuple[str, str]] = field(default_factory=set)
+    _done: set[tuple[str, str]] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def listener(self, key: str, kind: str, obj: Mapping[str, Any], old: Any) -> None:
-        if key != JOBS:
-            return
+    def on_job(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """One watch event of a trial Job."""
         now = time.perf_counter()
         meta = obj.get("metadata") or {}
         study = f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(STUDY_LABEL)}"
-        if kind == "ADDED":
-            with self.lock:
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if kind == "DELETED":
+            return
+        with self.lock:
+            if key not in self._made:
+                self._made.add(key)
                 self.created[study].append(now)
-        elif kind == "MODIFIED" and _complete(obj) and not (old and _complete(old)):
-            with self.lock:
+            if key not in self._done and _complete(obj):
+                self._done.add(key)
                 self.completed[study].append(now)
+
+    def follow(self, api: KubeApi, namespace: str) -> None:
+        """Watch the namespace's trial Jobs from a thread until :meth:`stop`."""
+
+        def run() -> None:
+            for kind, obj in api.watch(
+                JOBS, namespace, label_selector=STUDY_LABEL, stop=self._stop
+            ):
+                self.on_job(kind, obj)
+
+        threading.Thread(target=run, daemon=True, name="bench-timeline").start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def created_count(self, study: str) -> int:
+        with self.lock:
+            return len(self.created.get(study, []))
 
     def launch_latencies(self, parallelism: int, study: str | None = None) -> list[float]:
         """Slot freed -> Job created: the k-th completion refills slot k+parallelism (FIFO).
@@ -127,8 +177,8 @@ class Timeline:
             for key, done in self.completed.items():
                 if study is not None and key != study:
                     continue
-                made = self.created.get(key, [])
-                for k, t_done in enumerate(done):
+                made = sorted(self.created.get(key, []))
+                for k, t_done in enumerate(sorted(done)):
                     if k + parallelism < len(made):
                         out.append(made[k + parallelism] - t_done)
         return out
@@ -143,14 +193,18 @@ def _complete(obj: Mapping[str, Any]) -> bool:
 
 @dataclass
 class Bench:
-    """One running set-up; see :func:`emulated_cluster`."""
+    """One running set-up; see :func:`real_cluster`."""
 
     pg: PostgresServer
     database: str
-    api: EmulatedApi
-    kubelet: FakeKubelet
+    api: KubeApi
+    kubelet: Kubelet
+    proxy: FaultProxy
+    kubeconfig: Path
     timeline: Timeline
     workdir: Path
+    plane: ControlPlane
+    namespace: str = "default"
     operator: subprocess.Popen[bytes] | None = None
     operator_log: Path | None = None
 
@@ -159,11 +213,11 @@ class Bench:
         return str(self.pg.url(self.database))
 
     def start_operator(self, extra_env: Mapping[str, str] | None = None) -> None:
-        """``python -m kopf run --standalone -A -m kubetune.handlers`` in its own process."""
-        kubeconfig = self.api.write_kubeconfig(self.workdir / "kubeconfig.yaml")
+        """``python -m kopf run --standalone -A -m kubetune.handlers`` in its own process,
+        talking to the apiserver through the recording proxy."""
         env = {
             **os.environ,
-            "KUBECONFIG": str(kubeconfig),
+            "KUBECONFIG": str(self.kubeconfig),
             "KUBETUNE_STORAGE_URL": self.storage_url,
             "KUBETUNE_TOKEN_KEY": TOKEN_KEY,
             "KUBETUNE_METRICS_PORT": "0",
@@ -215,6 +269,31 @@ class Bench:
             self.operator.kill()
             self.operator.wait(5)
 
+    # ---- what the operator asked of the apiserver (the proxy's log) ---------------------------
+
+    def api_requests(self) -> int:
+        """Requests the operator sent so far (a watch counts once, when it opens)."""
+        return len(self.proxy.requests)
+
+    def api_request_counts(self, since: int = 0) -> dict[str, int]:
+        """``verb resource`` -> count, and ``status <code>`` for every non-2xx answer."""
+        counts: dict[str, int] = defaultdict(int)
+        for r in list(self.proxy.requests)[since:]:
+            counts[f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}"] += 1
+            if r.status >= 300:
+                counts[f"status {r.status}"] += 1
+        return dict(sorted(counts.items()))
+
+    def control_plane_cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by etcd and each control-plane process."""
+        out = {}
+        for pidfile in sorted((self.plane.folder / "run").glob("*.pid")):
+            with contextlib.suppress(OSError, ValueError):
+                out[pidfile.stem] = cpu_seconds(int(pidfile.read_text().strip()))
+        return out
+
+    # ---- PostgreSQL ---------------------------------------------------------------------------
+
     def db_connections(self) -> int:
         """Client connections to the benchmark's database (``pg_stat_activity``)."""
         with contextlib.closing(self.pg.admin_connect()) as conn, conn.cursor() as cur:
@@ -249,52 +328,151 @@ class Bench:
             row = cur.fetchone() or (0,) * len(cols)
         return {c: int(v or 0) for c, v in zip(cols, row, strict=True)}
 
-    def create_study(self, manifest: Mapping[str, Any]) -> None:
-        self.api.create("tuningstudies", manifest, manifest["metadata"].get("namespace"))
+    # ---- studies ------------------------------------------------------------------------------
 
-    def finished_trials(self, namespace: str, name: str) -> int:
+    def create_study(self, manifest: Mapping[str, Any]) -> None:
+        doc = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
+        self.api.create("tuningstudies", doc, self.namespace)
+
+    def study_key(self, name: str) -> str:
+        """The Timeline's key for a study (``namespace/label``)."""
+        return f"{self.namespace}/{name}"
+
+    def finished_trials(self, name: str) -> int:
         """Finished trials per the study's status (what the operator told the ledger)."""
-        obj = self.api.find("tuningstudies", name, namespace)
+        obj = self.api.find("tuningstudies", name, self.namespace)
         trials = ((obj or {}).get("status") or {}).get("trials") or {}
         return sum(int(trials.get(k, 0) or 0) for k in ("completed", "pruned", "failed"))
 
-    def study_status(self, namespace: str, name: str) -> dict[str, Any]:
-        obj = self.api.find("tuningstudies", name, namespace)
+    def finished_by_study(self) -> dict[str, int]:
+        """Finished trials of every study in the namespace, from one list call."""
+        out = {}
+        for obj in self.api.list("tuningstudies", self.namespace):
+            trials = (obj.get("status") or {}).get("trials") or {}
+            out[obj["metadata"]["name"]] = sum(
+                int(trials.get(k, 0) or 0) for k in ("completed", "pruned", "failed")
+            )
+        return out
+
+    def study_status(self, name: str) -> dict[str, Any]:
+        obj = self.api.find("tuningstudies", name, self.namespace)
         return dict((obj or {}).get("status") or {})
 
 
+def _tune_control_plane(plane: ControlPlane, qps: int) -> None:
+    """Restart kube-controller-manager and kube-scheduler with higher client rate limits.
+
+    Same command line plus ``--kube-api-qps``/``--kube-api-burst``; the new PIDs go into the
+    pid files, so ``plane.down()`` stops them as before.
+    """
+    if qps <= 0:
+        return
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        pidfile = plane.folder / "run" / f"{name}.pid"
+        pid = int(pidfile.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        args = [a.decode() for a in argv if not a.startswith(b"--kube-api-")]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        log = (plane.folder / "logs" / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [*args, f"--kube-api-qps={qps}", f"--kube-api-burst={2 * qps}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=plane.folder,
+        )
+        log.close()
+        pidfile.write_text(f"{proc.pid}\n")
+    port_base = int(plane.server.rsplit(":", 1)[1]) - 443
+    for port in (port_base + 257, port_base + 259):
+        _wait_healthy(f"https://127.0.0.1:{port}/healthz")
+
+
+def _wait_healthy(url: str, timeout: float = 60.0) -> None:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=2, context=context) as answer,
+        ):
+            if answer.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become healthy in {timeout:.0f} s")
+
+
 @contextlib.contextmanager
-def emulated_cluster(
+def own_control_plane(workdir: Path, port_base: int | None = None) -> Iterator[ControlPlane]:
+    """A control plane of the benchmark's own (its own folder and port base), wiped after."""
+    base = port_base or int(os.environ.get("KUBETUNE_BENCH_K8S_PORT_BASE", DEFAULT_PORT_BASE))
+    plane = ControlPlane.up(workdir / "k8s", port_base=base)
+    try:
+        _tune_control_plane(plane, CONTROL_PLANE_QPS)
+        yield plane
+    finally:
+        plane.down(wipe=not os.environ.get("KUBETUNE_BENCH_KEEP"))
+
+
+@contextlib.contextmanager
+def real_cluster(
     pg: PostgresServer | None = None,
     instant: Callable[[Mapping[str, Any]], str] = zero_work,
+    cluster: Cluster | None = None,
+    port_base: int | None = None,
 ) -> Iterator[Bench]:
-    """PostgreSQL (started unless given), a fresh database, API server and instant kubelet.
+    """PostgreSQL (started unless given), a fresh database, the real control plane (started
+    unless ``cluster``, the tests' running one, is given), the recording proxy and the
+    kubelet stand-in in instant mode.
 
-    Everything is removed afterwards; set ``KUBETUNE_BENCH_KEEP=1`` to keep the work folder
-    (the operator's log is ``operator.log`` there).
+    Everything this started is removed afterwards; set ``KUBETUNE_BENCH_KEEP=1`` to keep the
+    work folder (the operator's log is ``operator.log`` there, the control plane's logs are
+    under ``k8s/logs``).
     """
     own_pg = pg is None
     server = start_server() if pg is None else pg
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
-    api = EmulatedApi().start()
-    kubelet: FakeKubelet | None = None
     bench: Bench | None = None
+    timeline = Timeline()
     try:
-        for path in sorted((REPO / "crds").glob("*.yaml")):
-            api.register_crd(path)
-        timeline = Timeline()
-        api.add_listener(timeline.listener)
-        (workdir / "kubelet").mkdir()
-        kubelet = FakeKubelet(api, workdir / "kubelet", instant=instant).start()
-        database = server.create_database("bench")
-        bench = Bench(server, database, api, kubelet, timeline, workdir)
-        yield bench
+        with contextlib.ExitStack() as stack:
+            if cluster is None:
+                plane = stack.enter_context(own_control_plane(workdir, port_base))
+                api = ClusterApi(plane.kubeconfig)
+                stack.callback(api.close)
+                install_crds(plane)
+                proxy = FaultProxy(api.server, api.ca_file, api.cert).start()
+                stack.callback(proxy.stop)
+                api.proxy = proxy
+                kubelet = Kubelet(api, workdir / "kubelet", plane.folder / "pki", pods=NODE_PODS)
+                kubelet.start()
+                stack.callback(kubelet.stop)
+                kubeconfig = write_kubeconfig(workdir / "kubeconfig.yaml", proxy.url)
+            else:
+                plane, api, kubelet = cluster.plane, cluster.api, cluster.kubelet
+                proxy, kubeconfig = cluster.proxy, cluster.kubeconfig
+            kubelet.instant = instant
+            watcher = KubeApi(plane.kubeconfig)
+            stack.callback(watcher.close)
+            stack.callback(timeline.stop)
+            database = server.create_database("bench")
+            bench = Bench(
+                server, database, api, kubelet, proxy, kubeconfig, timeline, workdir, plane
+            )
+            stack.callback(bench.stop_operator)
+            timeline.follow(watcher, bench.namespace)
+            yield bench
     finally:
-        if bench is not None:
-            bench.stop_operator()
-        if kubelet is not None:
-            kubelet.stop()
-        api.stop()
         if own_pg:
             server.cleanup()
         elif bench is not None:
@@ -331,7 +509,7 @@ def warm_up(bench: Bench, timeout: float = 60.0) -> None:
     if bench.operator is None:
         bench.start_operator()
     bench.create_study(study_manifest("warm-up", max_trials=2, parallelism=2))
-    if not wait_until(lambda: bench.finished_trials("default", "warm-up") >= 2, timeout):
+    if not wait_until(lambda: bench.finished_trials("warm-up") >= 2, timeout, 0.1):
         raise RuntimeError(
             "the operator did not finish the warm-up study; log tail:\n" + bench.log_tail()
         )
@@ -349,17 +527,17 @@ def run_study(
     """One zero-work study through the operator; returns its rate and per-trial costs."""
     assert bench.operator is not None
     pid = bench.operator.pid
-    requests_before = len(bench.api.requests)
+    requests_before = bench.api_requests()
     cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     bench.create_study(
         study_manifest(name, max_trials=trials, parallelism=parallelism, sampler=sampler)
     )
-    done = wait_until(lambda: bench.finished_trials("default", name) >= trials, timeout, 0.02)
+    done = wait_until(lambda: bench.finished_trials(name) >= trials, timeout, 0.05)
     elapsed = time.perf_counter() - started
-    finished = bench.finished_trials("default", name)
+    finished = bench.finished_trials(name)
     cpu = cpu_seconds(pid) - cpu_before
-    requests = len(bench.api.requests) - requests_before
+    requests = bench.api_requests() - requests_before
     return {
         "study": name,
         "sampler": sampler,
@@ -372,6 +550,7 @@ def run_study(
         "operator_cpu_seconds": cpu,
         "operator_cpu_ms_per_trial": 1000 * cpu / finished if finished else math.nan,
         "api_requests_per_trial": requests / finished if finished else math.nan,
+        "api_requests": bench.api_request_counts(requests_before),
         "operator_rss_mib": bench.operator_rss_mib(),
         "db_connections": bench.db_connections(),
     }
@@ -395,8 +574,8 @@ def scrape(bench: Bench) -> str:
         return ""
 
 
-def histogram(text: str, name: str) -> dict[str, Any]:
-    """Merge a Prometheus histogram's series; estimate p50/p95/p99 from its buckets."""
+def _histogram_series(text: str, name: str) -> tuple[dict[float, float], float, float]:
+    """A Prometheus histogram's series merged: cumulative buckets, sum, count."""
     from prometheus_client.parser import text_string_to_metric_families
 
     buckets: dict[float, float] = defaultdict(float)
@@ -411,6 +590,20 @@ def histogram(text: str, name: str) -> dict[str, Any]:
                 total += sample.value
             elif sample.name == f"{name}_count":
                 count += sample.value
+    return buckets, total, count
+
+
+def histogram(text: str, name: str, minus: str | None = None) -> dict[str, Any]:
+    """Merge a Prometheus histogram's series; estimate p50/p95/p99 from its buckets.
+
+    With ``minus`` (an earlier scrape of the same process), only what was observed between the
+    two scrapes counts.
+    """
+    buckets, total, count = _histogram_series(text, name)
+    if minus:
+        old_buckets, old_total, old_count = _histogram_series(minus, name)
+        buckets = defaultdict(float, {e: v - old_buckets.get(e, 0.0) for e, v in buckets.items()})
+        total, count = total - old_total, count - old_count
     out: dict[str, Any] = {"count": count, "mean": total / count if count else math.nan}
     edges = sorted(buckets)
     for q in (50, 95, 99):

@@ -1,18 +1,21 @@
 """Benchmark 3: scale, N studies x M running trials on one operator.
 
-Each point starts a fresh emulated API, fake kubelet (instant mode) and operator process on a
-fresh database of one PostgreSQL server. N studies are created with ``parallelism: M`` and
-``maxTrials: 2M`` and a ``queueName``, so their Jobs are created *suspended* (as under Kueue)
-and stay running until admitted; that holds N x M trial Jobs running at once. Then:
+Each point starts a fresh control plane (v1.32), kubelet stand-in (instant mode), recording
+proxy and operator process on a fresh database of one PostgreSQL server. N studies are created
+with ``parallelism: M``, ``maxTrials: 2M`` and a ``trial.queueName``, so the operator creates
+their Jobs *suspended* (as under Kueue) and they stay running until admitted; that holds
+N x M trial Jobs running at once. Then:
 
 1. fill: wait until all N x M Jobs exist (every study got its slots);
-2. admit: un-suspend every Job, round-robin across studies (a Kueue stand-in); the fake kubelet
-   completes each at once, so the operator must tell N x M results and launch N x M more;
+2. admit: un-suspend every Job, round-robin across studies (a Kueue stand-in); the real Job
+   controller makes the pods, the scheduler binds them, the kubelet stand-in completes each at
+   once, so the operator must tell N x M results and launch N x M more (suspended again);
 3. check: every study must reach M finished trials and refill its M slots (none starved).
 
 Sampled all along: the operator's RSS (/proc), client connections to the study database
-(``pg_stat_activity``); at the end the operator's ``kubetune_reconcile_duration_seconds``
-histogram. Targets: RSS <= 300 MiB, <= 10 DB connections, no study starved.
+(``pg_stat_activity``); the proxy's log of the operator's API requests (rate, per trial, 429s);
+at the end the operator's ``kubetune_reconcile_duration_seconds`` histogram and the CPU each
+process used. Targets: RSS <= 300 MiB, <= 10 DB connections, no study starved.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +45,9 @@ from benchmarks._common import (
 NAME = "scale"
 QUEUE = "bench-queue"
 SIZES: dict[str, dict[str, Any]] = {
-    "smoke": {"points": [(2, 2)], "timeout": 60.0},
-    "short": {"points": [(3, 10), (10, 10)], "timeout": 180.0},
-    "full": {"points": [(10, 50), (30, 50), (100, 50)], "timeout": 1800.0},
+    "smoke": {"points": [(2, 2)], "timeout": 60.0, "rest": 1.0},
+    "short": {"points": [(3, 10), (10, 10)], "timeout": 180.0, "rest": 5.0},
+    "full": {"points": [(10, 50), (30, 50), (100, 50)], "timeout": 1800.0, "rest": 10.0},
 }
 
 
@@ -88,7 +92,9 @@ def _manifest(name: str, running: int, sampler: str) -> dict[str, Any]:
 def _suspended_jobs(bench: Any) -> list[tuple[str, str, str]]:
     """(study label, namespace, name) of Jobs still suspended, in creation order."""
     out = []
-    for job in bench.api.list("jobs"):
+    jobs = bench.api.list("jobs", bench.namespace, label_selector="kubetune.io/study")
+    jobs.sort(key=lambda j: (j["metadata"]["creationTimestamp"], j["metadata"]["name"]))
+    for job in jobs:
         if (job.get("spec") or {}).get("suspend"):
             meta = job["metadata"]
             out.append(
@@ -109,58 +115,92 @@ def _round_robin(jobs: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     return order
 
 
+def _admit(bench: Any, order: list[tuple[str, str]], workers: int = 8) -> None:
+    """Un-suspend the Jobs in this order (a few requests in flight, as a queue controller)."""
+
+    def one(item: tuple[str, str]) -> None:
+        ns, name = item
+        bench.api.patch("jobs", name, {"spec": {"suspend": False}}, ns)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="admit") as pool:
+        list(pool.map(one, order))
+
+
 def run_point(
-    pg: Any, studies: int, running: int, timeout: float, sampler: str = "Random"
+    pg: Any,
+    studies: int,
+    running: int,
+    timeout: float,
+    *,
+    rest: float = 5.0,
+    sampler: str = "Random",
+    cluster: Any = None,
 ) -> dict[str, Any]:
     from benchmarks import _cluster
 
     names = [f"scale-{i:03d}" for i in range(studies)]
     total = studies * running
-    with _cluster.emulated_cluster(pg=pg) as bench:
+    with _cluster.real_cluster(pg=pg, cluster=cluster) as bench:
         _cluster.warm_up(bench)
-        baseline_rss = bench.operator_rss_mib()
+        time.sleep(rest)
+        rss_rest_before = bench.operator_rss_mib()
+        metrics_before = _cluster.scrape(bench)
         probe = Sampler(bench)
         probe.start()
         assert bench.operator is not None
         op_cpu0, own_cpu0 = _cluster.cpu_seconds(bench.operator.pid), time.process_time()
+        plane_cpu0 = bench.control_plane_cpu_seconds()
+        requests0 = bench.api_requests()
         started = time.perf_counter()
         for name in names:
             bench.create_study(_manifest(name, running, sampler))
 
         def created() -> int:
-            with bench.timeline.lock:
-                return sum(len(bench.timeline.created[f"default/{n}"]) for n in names)
+            return sum(bench.timeline.created_count(bench.study_key(n)) for n in names)
 
         filled = _cluster.wait_until(lambda: created() >= total, timeout, 0.1)
         fill_seconds = time.perf_counter() - started
+        requests_fill = bench.api_requests() - requests0
         rss_full = bench.operator_rss_mib()
         admit_started = time.perf_counter()
-        for ns, name in _round_robin(_suspended_jobs(bench)):
-            bench.api.patch("jobs", name, {"spec": {"suspend": False}}, ns)
+        _admit(bench, _round_robin(_suspended_jobs(bench)))
+        admit_patch_seconds = time.perf_counter() - admit_started
         progress_at: dict[str, float] = {}
 
         def progressed() -> bool:
-            for n in names:
-                if n not in progress_at and bench.finished_trials("default", n) >= running:
-                    progress_at[n] = time.perf_counter() - admit_started
+            with contextlib.suppress(Exception):  # a slow answer is not a starved study
+                for n, finished in bench.finished_by_study().items():
+                    if n in names and n not in progress_at and finished >= running:
+                        progress_at[n] = time.perf_counter() - admit_started
             return len(progress_at) == len(names)
 
-        all_progressed = _cluster.wait_until(progressed, timeout, 0.2)
+        all_progressed = _cluster.wait_until(progressed, timeout, 0.5)
         refilled = _cluster.wait_until(lambda: created() >= 2 * total, timeout, 0.2)
         admit_seconds = time.perf_counter() - admit_started
         wall = time.perf_counter() - started
         op_cpu = _cluster.cpu_seconds(bench.operator.pid) - op_cpu0
         own_cpu = time.process_time() - own_cpu0
+        plane_cpu1 = bench.control_plane_cpu_seconds()
+        requests = bench.api_requests() - requests0
+        request_counts = bench.api_request_counts(requests0)
+        time.sleep(rest)
         probe.stop()
+        rss_rest_after = bench.operator_rss_mib()
         bench.check_storage()
         text = _cluster.scrape(bench)
-        reconcile = _cluster.histogram(text, "kubetune_reconcile_duration_seconds")
-        launch = _cluster.histogram(text, "kubetune_job_launch_latency_seconds")
-        finished = {n: bench.finished_trials("default", n) for n in names}
+        reconcile = _cluster.histogram(
+            text, "kubetune_reconcile_duration_seconds", minus=metrics_before
+        )
+        launch = _cluster.histogram(
+            text, "kubetune_job_launch_latency_seconds", minus=metrics_before
+        )
+        finished = {n: bench.finished_trials(n) for n in names}
         alive = bench.operator_alive()
         tail = "" if alive else bench.log_tail()
         progress_times = sorted(progress_at.values())
+        made = created()
     starved = [n for n in names if n not in progress_at]
+    told = sum(finished.values())
     return {
         "studies": studies,
         "running_per_study": running,
@@ -170,20 +210,34 @@ def run_point(
         "fill_seconds": fill_seconds,
         "all_progressed": all_progressed,
         "refilled": refilled,
+        "admit_patch_seconds": admit_patch_seconds,
         "admit_to_done_seconds": admit_seconds,
         "wall_seconds": wall,
-        # Who was busy: the operator process, or this one (emulated API + fake kubelet + probes).
+        "jobs_created": made,
+        "trials_told": told,
+        # Who was busy: the operator, the control plane, or this process (kubelet stand-in,
+        # proxy, watches, probes).
         "operator_cpu_seconds": op_cpu,
         "harness_cpu_seconds": own_cpu,
-        "trials_told_per_s": sum(finished.values()) / wall if wall > 0 else math.nan,
+        "control_plane_cpu_seconds": {
+            k: plane_cpu1.get(k, math.nan) - v for k, v in plane_cpu0.items()
+        },
+        "trials_told_per_s": told / wall if wall > 0 else math.nan,
+        "api_requests": requests,
+        "api_requests_fill": requests_fill,
+        "api_requests_per_s": requests / wall if wall > 0 else math.nan,
+        "api_requests_per_trial": requests / made if made else math.nan,
+        "api_request_counts": request_counts,
+        "api_429": request_counts.get("status 429", 0),
         "study_progress_seconds_p50": percentile(progress_times, 50),
         "study_progress_seconds_max": max(progress_times, default=math.nan),
         "starved": starved,
         "finished_min": min(finished.values(), default=0),
         "finished_max": max(finished.values(), default=0),
-        "rss_mib_baseline": baseline_rss,
+        "rss_mib_baseline": rss_rest_before,
         "rss_mib_full": rss_full,
         "rss_mib_max": max(probe.rss, default=math.nan),
+        "rss_mib_rest_after": rss_rest_after,
         "db_connections_max": max(probe.conns, default=0),
         "reconcile_seconds": reconcile,
         "launch_latency_seconds": launch,
@@ -192,8 +246,9 @@ def run_point(
     }
 
 
-def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
-    """Run at ``size``; ``pg`` is a running ``PostgresServer`` to reuse (else one is started).
+def run(size: str, pg: Any = None, out: Path | None = None, cluster: Any = None) -> dict[str, Any]:
+    """Run at ``size``; ``pg`` is a running ``PostgresServer`` to reuse (else one is started),
+    ``cluster`` the tests' running cluster (else each point starts a control plane of its own).
 
     With ``out``, each finished point is also saved to ``<out>/scale-partial.json`` at once, so
     a long full run that is stopped keeps the points it measured.
@@ -212,10 +267,12 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
             points=cfg["points"],
             sampler="Random",
             operator=_cluster.OPERATOR_SETUP,
+            control_plane_qps=_cluster.CONTROL_PLANE_QPS if cluster is None else None,
+            queue_name=QUEUE,
         )
         print_conditions(info)
         for studies, running in cfg["points"]:
-            row = run_point(pg, studies, running, cfg["timeout"])
+            row = run_point(pg, studies, running, cfg["timeout"], rest=cfg["rest"], cluster=cluster)
             rows.append(row)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
@@ -223,8 +280,11 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
                 (out / "scale-partial.json").write_text(json.dumps(partial, default=str) + "\n")
             print(
                 f"  {studies} x {running}: fill {row['fill_seconds']:.1f} s, admit->done "
-                f"{row['admit_to_done_seconds']:.1f} s, RSS max {row['rss_mib_max']:.0f} MiB, "
+                f"{row['admit_to_done_seconds']:.1f} s, RSS max {row['rss_mib_max']:.0f} MiB "
+                f"(rest {row['rss_mib_baseline']:.0f} -> {row['rss_mib_rest_after']:.0f}), "
                 f"DB conns max {row['db_connections_max']}, starved {len(row['starved'])}, "
+                f"API {row['api_requests_per_s']:.1f} req/s, "
+                f"{row['api_requests_per_trial']:.1f} req/Job, 429s {row['api_429']}, "
                 f"CPU s operator/harness {row['operator_cpu_seconds']:.0f}/"
                 f"{row['harness_cpu_seconds']:.0f} over {row['wall_seconds']:.0f} s wall, "
                 f"reconcile p50/p99 {1000 * row['reconcile_seconds']['p50']:.0f}/"
@@ -249,10 +309,13 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
             "studies x running",
             "Jobs",
             "fill s",
-            "RSS MiB (max)",
+            "RSS MiB max",
+            "rest before/after",
             "DB conns",
+            "API req/s",
+            "req/Job",
+            "429s",
             "reconcile p50 ms",
-            "p95 ms",
             "p99 ms",
             "starved",
             "all refilled",
@@ -264,9 +327,12 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
                 r["jobs_running_at_peak"],
                 r["fill_seconds"],
                 r["rss_mib_max"],
+                f"{r['rss_mib_baseline']:.0f}/{r['rss_mib_rest_after']:.0f}",
                 r["db_connections_max"],
+                r["api_requests_per_s"],
+                r["api_requests_per_trial"],
+                r["api_429"],
                 1000 * r["reconcile_seconds"]["p50"],
-                1000 * r["reconcile_seconds"]["p95"],
                 1000 * r["reconcile_seconds"]["p99"],
                 len(r["starved"]),
                 r["refilled"],
@@ -282,7 +348,14 @@ def run(size: str, pg: Any = None, out: Path | None = None) -> dict[str, Any]:
         "summary": {
             f"{r['studies']}x{r['running_per_study']}": {
                 "rss_mib_max": r["rss_mib_max"],
+                "rss_mib_rest_before": r["rss_mib_baseline"],
+                "rss_mib_rest_after": r["rss_mib_rest_after"],
                 "db_connections_max": r["db_connections_max"],
+                "fill_seconds": r["fill_seconds"],
+                "admit_to_done_seconds": r["admit_to_done_seconds"],
+                "api_requests_per_s": r["api_requests_per_s"],
+                "api_requests_per_job": r["api_requests_per_trial"],
+                "api_429": r["api_429"],
                 "reconcile_p50_ms": 1000 * r["reconcile_seconds"]["p50"],
                 "reconcile_p99_ms": 1000 * r["reconcile_seconds"]["p99"],
                 "starved": len(r["starved"]),

@@ -3,6 +3,8 @@
 No timing is asserted (figures depend on the machine); what is checked is that every script
 runs end to end, prints and writes a parseable result with its conditions, and that the
 figures it computes are consistent (every trial told, every launch paired, no study starved).
+The operator benchmarks run on the session's real control plane (``cluster`` fixture), with
+the kubelet stand-in in instant mode, instead of starting a control plane of their own.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def test_histogram_quantiles_follow_prometheus() -> None:
     assert h["p50"] == pytest.approx(0.1)  # rank 10 of 20 sits on the first bucket's edge
     assert h["p95"] == pytest.approx(0.1 + 0.9 * (19 - 10) / 10)
     assert math.isnan(_cluster.histogram("", "h")["p50"])
+    earlier = text.replace('le="1.0",s="a"} 10', 'le="1.0",s="a"} 5').replace(
+        'le="+Inf",s="a"} 10', 'le="+Inf",s="a"} 5'
+    )
+    earlier = earlier.replace('h_count{s="a"} 10', 'h_count{s="a"} 5')
+    since = _cluster.histogram(text, "h", minus=earlier)
+    assert since["count"] == 5 and since["p50"] > 0.1  # only the five slow observations
 
 
 def test_launch_latency_pairs_the_kth_completion_with_job_k_plus_parallelism() -> None:
@@ -85,6 +93,27 @@ def test_launch_latency_pairs_the_kth_completion_with_job_k_plus_parallelism() -
     t.created["ns/s"] = [0.0, 0.0, 1.2, 2.5]
     t.completed["ns/s"] = [1.0, 2.0, 3.0, 4.0]
     assert t.launch_latencies(2, "ns/s") == pytest.approx([0.2, 0.5])
+
+
+def test_timeline_counts_each_job_once_across_relists() -> None:
+    from benchmarks._cluster import Timeline
+
+    def job(name: str, complete: bool) -> dict[str, Any]:
+        conds = [{"type": "Complete", "status": "True"}] if complete else []
+        meta = {"name": name, "namespace": "ns", "labels": {"kubetune.io/study": "s"}}
+        return {"metadata": meta, "status": {"conditions": conds}}
+
+    t = Timeline()
+    for kind, obj in [
+        ("ADDED", job("s-0", False)),
+        ("MODIFIED", job("s-0", True)),
+        ("ADDED", job("s-0", True)),  # a relist after 410 Gone repeats what exists
+        ("MODIFIED", job("s-0", True)),
+        ("ADDED", job("s-1", False)),
+    ]:
+        t.on_job(kind, obj)
+    assert len(t.created["ns/s"]) == 2 and len(t.completed["ns/s"]) == 1
+    assert t.created_count("ns/s") == 2
 
 
 def test_scale_admits_round_robin_across_studies() -> None:
@@ -151,10 +180,10 @@ def test_run_all_writes_the_summary(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_control_plane_overhead_smoke(postgres_server: Any) -> None:
+def test_control_plane_overhead_smoke(postgres_server: Any, cluster: Any) -> None:
     from benchmarks import control_plane_overhead
 
-    result = control_plane_overhead.run("smoke", pg=postgres_server)
+    result = control_plane_overhead.run("smoke", pg=postgres_server, cluster=cluster)
     (row,) = result["results"]
     assert row["operator"]["done"], row
     assert row["operator"]["finished"] == row["raw"]["trials"] == 4
@@ -163,22 +192,27 @@ def test_control_plane_overhead_smoke(postgres_server: Any) -> None:
 
 
 @pytest.mark.slow
-def test_launch_latency_smoke(postgres_server: Any) -> None:
+def test_launch_latency_smoke(postgres_server: Any, cluster: Any) -> None:
     from benchmarks import launch_latency
 
-    result = launch_latency.run("smoke", pg=postgres_server)
+    result = launch_latency.run("smoke", pg=postgres_server, cluster=cluster)
     (row,) = result["results"]
     assert row["study"]["finished"] == 6
     assert row["samples"] == 6 - 2  # every freed slot but the last two was refilled
     assert 0 < row["p50_ms"] <= row["p99_ms"]
+    # The operator's own histogram counts this study's launches only.
+    assert row["operator_histograms"]["job_launch_latency_seconds"]["count"] == 6
+    assert row["study"]["api_requests"].get("create jobs") == 6
 
 
 @pytest.mark.slow
-def test_scale_smoke(postgres_server: Any) -> None:
+def test_scale_smoke(postgres_server: Any, cluster: Any) -> None:
     from benchmarks import scale
 
-    result = scale.run("smoke", pg=postgres_server)
+    result = scale.run("smoke", pg=postgres_server, cluster=cluster)
     (row,) = result["results"]
     assert row["filled"] and row["all_progressed"] and row["refilled"], row["operator_log_tail"]
     assert row["starved"] == [] and row["finished_min"] >= 2
+    assert row["jobs_created"] == 2 * 2 * 2  # two waves of 2 x 2, the second held suspended
     assert row["rss_mib_max"] > 0 and row["db_connections_max"] >= 1
+    assert row["api_requests_per_trial"] > 0 and row["api_429"] == 0

@@ -11,6 +11,11 @@ test server and against the real operator's ``/metrics``::
 
 Prometheus is Debian's ``prometheus`` binary (``apt-get install prometheus``), started on a free
 port with ``scrape_interval: 1s``; nothing here mocks it.
+
+Nothing here depends on the machine's speed (docs/testing.md): waits poll a state with a
+generous deadline (:data:`WAIT_SECONDS`), a scrape that times out on a loaded machine only
+delays :meth:`Prometheus.wait_for_samples`, and queries can be evaluated at a fixed instant
+(``at``) so that ``rate()``/``increase()`` windows do not slide while slow tests run.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ RULES_TEST = REPO / "monitoring/rules-test.yaml"
 JOB = "kubetune-operator"
 #: Grafana's built-in variables, replaced by values Prometheus accepts (scrape interval is 1s).
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
+#: How long a wait may take before it fails; a passing run never comes close.
+WAIT_SECONDS = 300.0
 
 
 class PrometheusError(RuntimeError):
@@ -64,7 +71,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _get_json(url: str, timeout: float = 10.0) -> Any:
+def _get_json(url: str, timeout: float = 60.0) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.load(response)
@@ -88,30 +95,56 @@ class Prometheus:
             raise PrometheusError(f"{body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """Evaluate ``expr`` now; the result as a list of series (scalars become one)."""
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Evaluate ``expr`` now, or at the Unix time ``at``; a list of series (scalars become
+        one)."""
+        data = self.api("query", query=expr, **({} if at is None else {"time": f"{at:.3f}"}))
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
 
-    def wait_until(self, what: str, check: Any, timeout: float = 60.0) -> None:
-        """Poll ``check()`` until it is true; a timeout is an error naming ``what``."""
-        deadline = time.monotonic() + timeout
+    def wait_until(self, what: str, check: Any, timeout: float = WAIT_SECONDS) -> None:
+        """Poll ``check()`` until it is true; a timeout (or Prometheus exiting) is an error
+        naming ``what`` and how long it waited."""
+        start = time.monotonic()
         while not check():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise TimeoutError(f"Gave up waiting for {what}; log: {self.log.read_text()}")
+            waited = time.monotonic() - start
+            if waited > timeout or self.process.poll() is not None:
+                why = (
+                    f"Prometheus exited with code {self.process.returncode}"
+                    if self.process.poll() is not None
+                    else f"not true after {waited:.0f} s (deadline {timeout:.0f} s)"
+                )
+                raise TimeoutError(
+                    f"Gave up waiting for {what}: {why}; log: {self.log.read_text()}"
+                )
             time.sleep(0.25)
 
     def wait_for_samples(self, count: int, job: str = JOB) -> None:
-        """Wait until the job has been scraped successfully ``count`` times in the last minute."""
+        """Wait until the job has been scraped successfully ``count`` times in the last minute.
+
+        Failed scrapes (a loaded machine can miss the 1 s scrape timeout) do not count and do
+        not reset the count.
+        """
 
         def scraped() -> bool:
-            up = f'up{{job="{job}"}}'
-            result = self.query(f"count_over_time({up}[1m]) and on() min_over_time({up}[1m]) == 1")
+            result = self.query(f'sum_over_time(up{{job="{job}"}}[1m])')
             return bool(result) and float(result[0]["value"][1]) >= count
 
         self.wait_until(f"{count} scrapes of {job}", scraped)
+
+    def wait_for_scrape_after(self, moment: float, job: str = JOB) -> None:
+        """Wait until a scrape of the job that started after the Unix time ``moment`` succeeded:
+        from then on Prometheus holds everything the target exposed at ``moment``."""
+
+        up = f'up{{job="{job}"}}'
+
+        def scraped() -> bool:
+            # timestamp() of a bare selector is the scrape's start; of an expression such as
+            # `up == 1` it would be the evaluation time, true at once.
+            return bool(self.query(f"timestamp({up}) > {moment:.3f} and {up} == 1"))
+
+        self.wait_until(f"a scrape of {job} after {moment:.3f}", scraped)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -244,14 +277,18 @@ def substitute(expr: str, variables: Mapping[str, str]) -> str:
 
 
 def dashboard_query_problems(
-    prom: Prometheus, dashboard: Mapping[str, Any], variables: Mapping[str, str]
+    prom: Prometheus,
+    dashboard: Mapping[str, Any],
+    variables: Mapping[str, str],
+    at: float | None = None,
 ) -> list[str]:
-    """Every query that fails to evaluate or returns no series, as readable lines."""
+    """Every query that fails to evaluate or returns no series (now, or at Unix time ``at``),
+    as readable lines."""
     problems = []
     for title, expr in dashboard_queries(dashboard):
         concrete = substitute(expr, variables)
         try:
-            if not prom.query(concrete):
+            if not prom.query(concrete, at):
                 problems.append(f"{title}: no series for {concrete}")
         except PrometheusError as error:
             problems.append(f"{title}: {error} in {concrete}")

@@ -2,6 +2,11 @@
 
 Stub trainers (tiny Python scripts written to tmp_path) play crashing, hanging, NaN, garbage
 and silent trainers; they start in a fraction of the real trainer's time.
+
+Nothing here depends on how fast the machine is (docs/testing.md): a stub that must be running
+when a fault starts holds at a point until the test releases it (``support.hold``), a deadline
+"passes" by a clock that jumps once the trial is holding, and every wait has a generous
+deadline that fails with the runner's output.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -24,16 +28,18 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kubetune.local import INTERRUPTED, STDERR_TAIL_ATTR, LocalRunError, run_local
+from support.hold import SUPPORT_PARENT, Holds, finish, start_python
 
 STUB = textwrap.dedent(
     """
-    import json, math, os, sys, time
+    import os, sys
     from pathlib import Path
+    sys.path.insert(0, os.environ["SUPPORT_PARENT"])
+    from support.hold import hold
     from kubetune import trial as kt
 
     mode = sys.argv[1].removeprefix("--mode=")
-    Path(os.environ["STUB_DIR"], f"pid-{os.environ['KUBETUNE_TRIAL_NUMBER']}").write_text(
-        str(os.getpid()))
+    number = os.environ["KUBETUNE_TRIAL_NUMBER"]
     if mode == "ok":
         kt.report(0.5, step=0)
         kt.complete(float(kt.param("x", 0.5)))
@@ -45,12 +51,12 @@ STUB = textwrap.dedent(
     elif mode == "crash":
         print("Traceback: boom in the trainer", file=sys.stderr)
         sys.exit(3)
-    elif mode in ("hang", "wait"):
-        if mode == "wait" and Path(os.environ["STUB_DIR"], "go").exists():
-            kt.complete(0.9)
-            sys.exit(0)
+    elif mode == "hang":  # held until killed: the test never releases it
         print("hanging", flush=True)
-        time.sleep(120)
+        hold(os.environ["STUB_DIR"], number)
+    elif mode == "hold":  # running until the test releases it, then completes
+        hold(os.environ["STUB_DIR"], number)
+        kt.complete(0.9)
     elif mode == "nan":
         kt.complete(float("nan"))
     elif mode == "silent":
@@ -93,7 +99,10 @@ def manifest(
                         "image": "stub:1",
                         "command": ["python", str(stub)],
                         "args": ["--mode=$(KUBETUNE_PARAM_MODE)"],
-                        "env": [{"name": "STUB_DIR", "value": str(tmp_path / "stub-dir")}],
+                        "env": [
+                            {"name": "STUB_DIR", "value": str(tmp_path / "stub-dir")},
+                            {"name": "SUPPORT_PARENT", "value": SUPPORT_PARENT},
+                        ],
                     }
                 ]
             }
@@ -211,35 +220,69 @@ def test_real_trainer_study_with_pruning_then_resume(tmp_path: Path) -> None:
 
 
 def test_bad_trainers_fail_with_reasons_and_the_study_goes_on(tmp_path: Path) -> None:
-    modes = ["ok", "crash", "hang", "nan", "silent", "refuse"]
+    modes = ["ok", "crash", "nan", "silent", "refuse"]
     storage = f"sqlite:///{tmp_path}/bad.db"
     path = manifest(
-        tmp_path,
-        "bad",
-        modes=modes,
-        deadline=2,
-        budget={"maxTrials": len(modes), "parallelism": 3},
+        tmp_path, "bad", modes=modes, budget={"maxTrials": len(modes), "parallelism": 3}
     )
     result = run_local(path, storage=storage, console=quiet(), log_dir=tmp_path / "logs")
-    assert (result.complete, result.failed) == (1, 5)
+    assert (result.complete, result.failed) == (1, 4)
     assert result.exit_code == 0
     trials = by_mode(storage, "bad")
     assert trials["ok"].state == TrialState.COMPLETE
     reason = {m: t.user_attrs.get("kubetune:fail_reason", "") for m, t in trials.items()}
     assert reason["crash"] == "ExitCode: trainer exited with code 3"
     assert "boom in the trainer" in trials["crash"].user_attrs[STDERR_TAIL_ATTR]
-    assert (
-        reason["hang"].startswith("DeadlineExceeded")
-        and "activeDeadlineSeconds=2" in reason["hang"]
-    )
-    assert "hanging" in trials["hang"].user_attrs[STDERR_TAIL_ATTR]  # stdout when stderr is empty
     assert reason["nan"].startswith("ExitCode")
     assert "finite" in trials["nan"].user_attrs[STDERR_TAIL_ATTR]
     assert reason["silent"].startswith("NoResult")
     assert reason["refuse"] == "dataset is missing"  # the trainer's own reason, via the API
-    hung_pid = int((tmp_path / "stub-dir" / f"pid-{trials['hang'].number}").read_text())
+
+
+class JumpWhenHolding:
+    """``time.monotonic``, plus a day once a stub holds in ``holds``.
+
+    The runner takes its clock as an argument; with this one, "the trial ran past its
+    deadline" happens only after the trial has surely started and printed, however slow the
+    machine, and the test still takes no longer than the trial's start-up.
+    """
+
+    DAY = 86_400.0
+
+    def __init__(self, holds: Holds) -> None:
+        self.holds = holds
+        self.jumped = False
+
+    def __call__(self) -> float:
+        self.jumped = self.jumped or bool(self.holds.holding())
+        return time.monotonic() + (self.DAY if self.jumped else 0.0)
+
+
+def test_a_trial_past_its_deadline_is_killed_and_the_study_goes_on(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/deadline.db"
+    path = manifest(
+        tmp_path,
+        "deadline",
+        modes=["hang", "ok"],  # enqueued in this order; one at a time
+        deadline=3600,
+        budget={"maxTrials": 2, "parallelism": 1},
+    )
+    holds = Holds(tmp_path / "stub-dir")
+    clock = JumpWhenHolding(holds)
+    result = run_local(
+        path, storage=storage, console=quiet(), log_dir=tmp_path / "logs", clock=clock
+    )
+    assert clock.jumped
+    assert (result.complete, result.failed) == (1, 1)
+    trials = by_mode(storage, "deadline")
+    hang = trials["hang"]
+    assert hang.user_attrs["kubetune:fail_reason"] == (
+        "DeadlineExceeded: ran longer than activeDeadlineSeconds=3600"
+    )
+    assert "hanging" in hang.user_attrs[STDERR_TAIL_ATTR]  # stdout when stderr is empty
+    assert trials["ok"].state == TrialState.COMPLETE  # the next trial was not cut short
     with pytest.raises(ProcessLookupError):
-        os.kill(hung_pid, 0)
+        os.kill(holds.holding()[str(hang.number)], 0)
 
 
 def test_termination_message_mode(tmp_path: Path) -> None:
@@ -306,7 +349,12 @@ def test_unreachable_storage_is_one_line_without_secrets(tmp_path: Path) -> None
     assert "connect" in message  # the driver's reason, not an import error
 
 
-def test_template_without_command_is_refused_before_any_trial(tmp_path: Path) -> None:
+def test_template_without_command_is_refused_before_any_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our own temp folder: another test session on this machine may be running this very test.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     path = manifest(
         tmp_path,
         "nocmd",
@@ -326,33 +374,36 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     path = manifest(
         tmp_path,
         "cc",
-        modes=["wait"],
+        modes=["hold"],
         enqueue=[],
         budget={"maxTrials": 3, "parallelism": 2},
     )
-    command = [sys.executable, "-m", "kubetune.cli", "run", str(path), "--storage", storage]
+    command = ["-m", "kubetune.cli", "run", str(path), "--storage", storage]
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the trial log folder lands in tmp_path
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    stub_dir = tmp_path / "stub-dir"
-    give_up = time.monotonic() + 60
-    while len(list(stub_dir.glob("pid-*"))) < 2 and time.monotonic() < give_up:
-        time.sleep(0.1)
-    pids = [int(p.read_text()) for p in stub_dir.glob("pid-*")]
-    assert len(pids) == 2, proc.communicate(timeout=10)[0].decode()
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=60)[0].decode()
-    assert proc.returncode == 130, output
+    holds = Holds(tmp_path / "stub-dir")
+    proc = start_python(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Both trials are running, and stay so until released: Ctrl-C surely finds them.
+        pids = holds.wait_holding(["0", "1"], proc=proc)
+        proc.send_signal(signal.SIGINT)
+        code, output = finish(proc, "kubetune run after Ctrl-C")
+    finally:
+        if proc.poll() is None:  # the test failed above; held stubs exit when orphaned
+            proc.kill()
+            proc.wait()
+    assert code == 130, output
 
     study = optuna.load_study(study_name="cc", storage=storage)
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL], output
     assert all(t.user_attrs["kubetune:fail_reason"].startswith(INTERRUPTED) for t in trials)
-    for pid in pids:
+    for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
-    (stub_dir / "go").write_text("")
-    rerun = subprocess.run(command, capture_output=True, timeout=120, check=False, env=env)
-    assert rerun.returncode == 0, rerun.stdout.decode() + rerun.stderr.decode()
+    holds.release_all()  # the resumed run's one new trial completes at once
+    rerun = start_python(command, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code, output = finish(rerun, "the resumed kubetune run")
+    assert code == 0, output
     states = [t.state for t in optuna.load_study(study_name="cc", storage=storage).get_trials()]
     assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]

@@ -5,6 +5,10 @@ report intermediate values, prune or tell, and after each step a "reconcile" tha
 ledger into :class:`kubetune.metrics.OperatorMetrics`. Prometheus scrapes the aiohttp handler;
 then every dashboard query and every alert expression must evaluate, every dashboard query must
 return data, and the scraped numbers must equal the ledger's.
+
+The checks evaluate their queries at the instant the scenario was ready (``Scenario.at``), not
+at "now": on a slow machine the tests run minutes later, and a ``[1m]`` window would by then
+have slid past the activity it is meant to see.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Scenario:
     metrics_url: str
     study: optuna.Study
     metrics: OperatorMetrics
+    at: float  # Unix time when every scrape the checks need had landed
 
 
 def _curve(params: dict[str, Any], step: int) -> float:
@@ -168,17 +173,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
             metrics.report_request("report", 401)  # a trainer with a stale token
             metrics.trial_retried(NAMESPACE, STUDY)
             _activity(metrics, study, trials=6, retries=1)
-            expected = len(study.get_trials(states=(TrialState.COMPLETE,)))
-            prom.wait_until(
-                "the last reconcile to be scraped",
-                lambda: [
-                    s
-                    for s in prom.query('kubetune_study_trials{state="COMPLETE"}')
-                    if float(s["value"][1]) == expected
-                ],
-            )
+            prom.wait_for_scrape_after(time.time())  # the last reconcile is in Prometheus
             prom.wait_for_samples(5)
-            yield Scenario(prom, metrics_url, study, metrics)
+            yield Scenario(prom, metrics_url, study, metrics, at=time.time())
 
 
 VARIABLE_SETS = [{"namespace": NAMESPACE, "study": STUDY}, {"namespace": ".*", "study": ".*"}]
@@ -191,7 +188,7 @@ def test_every_dashboard_query_evaluates_and_returns_data(
 ) -> None:
     dashboard = harness.load_dashboard()
     assert len(harness.dashboard_queries(dashboard)) >= 20
-    assert harness.dashboard_query_problems(scenario.prom, dashboard, variables) == []
+    assert harness.dashboard_query_problems(scenario.prom, dashboard, variables, scenario.at) == []
 
 
 @pytest.mark.slow
@@ -238,32 +235,32 @@ def test_every_rule_expression_evaluates_and_prometheus_loaded_the_rules(
     assert sorted(loaded) == sorted(name for name, _ in rules)
 
 
-def _value(prom: harness.Prometheus, expr: str) -> float:
-    result = prom.query(expr)
+def _value(prom: harness.Prometheus, expr: str, at: float) -> float:
+    result = prom.query(expr, at)
     assert len(result) == 1, (expr, result)
     return float(result[0]["value"][1])
 
 
 @pytest.mark.slow
 def test_scraped_numbers_equal_the_optuna_ledger(scenario: Scenario) -> None:
-    prom, study = scenario.prom, scenario.study
+    prom, study, at = scenario.prom, scenario.study, scenario.at
     for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         in_ledger = len(study.get_trials(states=(state,)))
-        scraped = _value(prom, f'kubetune_study_trials{{study="{STUDY}",state="{state.name}"}}')
+        scraped = _value(prom, f'kubetune_study_trials{{study="{STUDY}",state="{state.name}"}}', at)
         assert scraped == in_ledger, state
         # The process counter saw every outcome, since all happened in this process.
-        counted = _value(prom, f'kubetune_trials_total{{study="{STUDY}",state="{state.name}"}}')
+        counted = _value(prom, f'kubetune_trials_total{{study="{STUDY}",state="{state.name}"}}', at)
         assert counted == in_ledger, state
-    assert _value(prom, 'sum(kubetune_study_trials{state="PRUNED"})') > 0
-    assert _value(prom, f'kubetune_study_best_value{{objective="{OBJECTIVE}"}}') == pytest.approx(
-        study.best_value
-    )
-    assert _value(prom, 'kubetune_trials_total{state="RETRIED"}') == 1
-    assert _value(prom, "kubetune_storage_up") == 1
-    assert _value(prom, 'kubetune_reconcile_errors_total{reason="StorageUnavailable"}') == 1
-    assert _value(prom, "sum(kubetune_trial_duration_seconds_count)") == len(study.trials)
+    assert _value(prom, 'sum(kubetune_study_trials{state="PRUNED"})', at) > 0
+    assert _value(
+        prom, f'kubetune_study_best_value{{objective="{OBJECTIVE}"}}', at
+    ) == pytest.approx(study.best_value)
+    assert _value(prom, 'kubetune_trials_total{state="RETRIED"}', at) == 1
+    assert _value(prom, "kubetune_storage_up", at) == 1
+    assert _value(prom, 'kubetune_reconcile_errors_total{reason="StorageUnavailable"}', at) == 1
+    assert _value(prom, "sum(kubetune_trial_duration_seconds_count)", at) == len(study.trials)
     # increase() over the second phase sees the outcomes recorded while Prometheus watched.
-    assert _value(prom, "sum(increase(kubetune_trials_total[1m]))") > 0
+    assert _value(prom, "sum(increase(kubetune_trials_total[1m]))", at) > 0
 
 
 def test_promtool_checks_the_rules() -> None:

@@ -2,6 +2,10 @@
 
 Every test runs on each of ``STORAGE_BACKENDS``: SQLite (a file under tmp) and the session's
 real PostgreSQL (``postgres_url`` from tests/conftest.py).
+
+No outcome depends on the machine's speed: the SDK's sleeps are injected, a request that must
+still be in flight is held by an Event only the test sets, and HTTP timeouts are sized for a
+loaded machine (``WAIT_SECONDS``), since they only matter when a test is failing anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kubetune.reporting import (
 )
 from kubetune.tokens import TokenSigner
 from kubetune.trial import ReportError, TrialContext
+from support.hold import WAIT_SECONDS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -119,6 +124,7 @@ def sdk(
     }
     kw.setdefault("sleep", lambda _: None)
     kw.setdefault("max_attempts", 2)
+    kw.setdefault("timeout", WAIT_SECONDS)  # a slow answer is not a lost one
     return TrialContext(env, **kw)
 
 
@@ -141,7 +147,7 @@ def post(
         request.add_header(key, value)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(request, timeout=30) as response:
+        with opener.open(request, timeout=WAIT_SECONDS) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read()), dict(exc.headers)
@@ -652,7 +658,7 @@ def test_blocking_ledger_calls_do_not_stall_other_requests(
     def slow_resolver(namespace: str, name: str) -> optuna.Study | None:
         if name == "slow":
             entered.set()
-            release.wait(timeout=60)
+            assert release.wait(timeout=WAIT_SECONDS), "the test never released the slow call"
             return None
         return studies(namespace, name)
 
@@ -668,8 +674,9 @@ def test_blocking_ledger_calls_do_not_stall_other_requests(
     )
     try:
         slow.start()
-        assert entered.wait(timeout=60)
-        status = sdk(base, fast, fast_number).report(0.5, 0)  # served while "slow" blocks
+        assert entered.wait(timeout=WAIT_SECONDS), "the slow request never reached the ledger"
+        # Served while "slow" is held: only this test releases it, so no race with the clock.
+        status = sdk(base, fast, fast_number).report(0.5, 0)
         assert status is False and not results
     finally:
         release.set()

@@ -17,6 +17,7 @@ import pytest
 
 import kubetune.trial as trial_module
 from kubetune.trial import ReportError, TrialContext, param_env_name
+from support.hold import WAIT_SECONDS
 
 SDK_SOURCE = Path(trial_module.__file__)
 
@@ -82,6 +83,13 @@ def reporter_env(url: str, **extra: str) -> dict[str, str]:
         "KUBETUNE_TRIAL_NUMBER": "3",
         **extra,
     }
+
+
+def reporter(url: str, **kw: Any) -> TrialContext:
+    """A Reporter-mode SDK against ``url``. The HTTP timeout is sized for a loaded machine: a
+    slow answer from the scripted server must not turn into a retry the test did not script."""
+    kw.setdefault("timeout", WAIT_SECONDS)
+    return TrialContext(reporter_env(url), **kw)
 
 
 # -- the SDK stays stdlib-only -----------------------------------------------------------------
@@ -211,7 +219,7 @@ def test_bad_values_are_refused_before_anything_is_sent(
     scripted: Scripted, call: Any, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        call(TrialContext(reporter_env(scripted.url)))
+        call(reporter(scripted.url))
     assert scripted.requests == []
 
 
@@ -219,7 +227,7 @@ def test_bad_values_are_refused_before_anything_is_sent(
 
 
 def test_reporter_mode_posts_to_the_contract_paths(scripted: Scripted) -> None:
-    ctx = TrialContext(reporter_env(scripted.url))
+    ctx = reporter(scripted.url)
     scripted.answer(200, {"prune": True})
     scripted.answer(200, {"state": "PRUNED"})
     scripted.answer(200, {"ok": True})
@@ -240,7 +248,7 @@ def test_reporter_mode_posts_to_the_contract_paths(scripted: Scripted) -> None:
 
 def test_retries_honour_retry_after_then_succeed(scripted: Scripted) -> None:
     delays: list[float] = []
-    ctx = TrialContext(reporter_env(scripted.url), sleep=delays.append, backoff=0.5)
+    ctx = reporter(scripted.url, sleep=delays.append, backoff=0.5)
     scripted.answer(503, {"error": "trial ledger unavailable"}, **{"Retry-After": "3"})
     scripted.answer(502, b"<html>bad gateway</html>")
     scripted.answer(200, {"state": "COMPLETE"})
@@ -252,7 +260,7 @@ def test_retries_honour_retry_after_then_succeed(scripted: Scripted) -> None:
 
 def test_client_errors_are_raised_at_once_with_the_servers_message(scripted: Scripted) -> None:
     delays: list[float] = []
-    ctx = TrialContext(reporter_env(scripted.url), sleep=delays.append)
+    ctx = reporter(scripted.url, sleep=delays.append)
     scripted.answer(403, {"error": "token belongs to a superseded attempt of this trial"})
     with pytest.raises(ReportError, match="superseded attempt") as refused:
         ctx.report(0.5, 1)
@@ -264,14 +272,14 @@ def test_client_errors_are_raised_at_once_with_the_servers_message(scripted: Scr
 def test_a_non_json_answer_is_a_clear_error(scripted: Scripted) -> None:
     scripted.answer(200, b"<html>a proxy page</html>")
     with pytest.raises(ReportError, match="not JSON"):
-        TrialContext(reporter_env(scripted.url)).complete(1.0)
+        reporter(scripted.url).complete(1.0)
 
 
 def test_exhausted_retries_warn_for_report_and_raise_for_complete(scripted: Scripted) -> None:
     err = io.StringIO()
     delays: list[float] = []
-    ctx = TrialContext(
-        reporter_env(scripted.url),
+    ctx = reporter(
+        scripted.url,
         sleep=delays.append,
         max_attempts=3,
         backoff=1.0,
@@ -298,7 +306,7 @@ def test_half_configured_reporter_mode_names_what_is_missing() -> None:
 
 def test_long_fail_reasons_keep_their_tail(scripted: Scripted) -> None:
     scripted.answer(200, {"state": "FAIL"})
-    TrialContext(reporter_env(scripted.url)).fail("x" * 5000 + "ValueError: the real cause")
+    reporter(scripted.url).fail("x" * 5000 + "ValueError: the real cause")
     sent = scripted.requests[0]["body"]["reason"]
     assert len(sent) == trial_module.MAX_REASON_CHARS
     assert sent.endswith("ValueError: the real cause")

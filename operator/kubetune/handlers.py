@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -57,9 +58,14 @@ from kubetune.reconcile import (
     RelaunchAttempt,
     Tell,
     decide,
+    describe_error,
+    reconcile_backoff,
+    reconcile_error_status,
+    redact,
     storage_error_status,
 )
 from kubetune.reporting import create_report_app
+from kubetune.sampling import sampler_unavailable
 from kubetune.spec import GROUP, PLURAL, VERSION, SpecError, TuningStudySpec, parse_manifest
 from kubetune.status import ConditionSpec, build_status
 from kubetune.tokens import TokenSigner
@@ -491,26 +497,88 @@ async def study_daemon(**kwargs: Any) -> None:
     name = str(body.metadata.name)
     wake = rt.wakeup(namespace, study_label(name))
     loop = asyncio.get_running_loop()
+    failures, posted, failed_generation = 0, "", None
     while not stopped:
         wake.clear()
         started = time.monotonic()
         try:
             delay = await reconcile_study(rt, body, trial_jobs, trial_pods)
+            failures, posted = 0, ""
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("Reconcile failed study=%s/%s", namespace, name)
-            rt.metrics.reconcile_failed("ReconcileError")
-            delay = rt.config.resync_seconds
+        except Exception as e:  # this study's problem: say so on it, back off, others go on
+            failures += 1
+            failed_generation = body.metadata.get("generation")
+            delay, posted = await _reconcile_failed(rt, body, e, failures, posted=posted)
         rt.metrics.observe_reconcile(time.monotonic() - started)
         logger.debug("Reconciled study=%s/%s next=%.2fs", namespace, name, delay)
         deadline = loop.time() + delay
-        while not stopped and not wake.is_set():
+        while not stopped:
+            if wake.is_set():
+                # While backing off, only a new spec cuts the wait short (our own status
+                # patch, Job and Pod events would otherwise retry at once).
+                if not failures or body.metadata.get("generation") != failed_generation:
+                    break
+                wake.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=min(remaining, 0.5))
+
+
+async def _reconcile_failed(
+    rt: Runtime, body: kopf.Body, error: Exception, failures: int, *, posted: str
+) -> tuple[float, str]:
+    """Condition ``Reconciled=False`` (reason ReconcileError), a Warning Event when the error
+    is new, and the backoff; returns (seconds to wait, the error text now announced)."""
+    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
+    secrets = _secrets(rt.config)
+    message = describe_error(error, secrets=secrets)
+    delay = reconcile_backoff(failures)
+    rt.metrics.reconcile_failed(R.RECONCILE_ERROR)
+    if failures == 1:
+        trace = redact("".join(traceback.format_exception(error)), secrets)
+        logger.error(
+            "Reconcile failed study=%s/%s retry_in=%.0fs\n%s", namespace, name, delay, trace
+        )
+    else:
+        logger.warning(
+            "Reconcile failed again study=%s/%s failures=%d retry_in=%.0fs error=%s",
+            namespace,
+            name,
+            failures,
+            delay,
+            message,
+        )
+    status = reconcile_error_status(
+        dict(body.get("status") or {}),
+        now=_now(),
+        message=message,
+        failures=failures,
+        retry_in=delay,
+    )
+    with contextlib.suppress(Exception):  # the API may be what fails; the log has it all
+        await _patch_status(rt, body, status)
+    if message != posted:
+        _post(
+            body,
+            "Warning",
+            R.RECONCILE_ERROR,
+            f"Reconcile failed: {message}; retrying with backoff",
+        )
+    return delay, message
+
+
+def _secrets(config: OperatorConfig) -> list[str]:
+    """What must never reach a condition, an Event or a log: the storage URL, its password,
+    the token key."""
+    out = [config.storage_url, config.token_key.decode(errors="ignore")]
+    with contextlib.suppress(Exception):
+        password = sqlalchemy.engine.make_url(config.storage_url).password
+        if password:
+            out.append(str(password))
+    return out
 
 
 def _now() -> datetime:
@@ -533,7 +601,9 @@ def _post(body: kopf.Body, kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
-async def _invalid(rt: Runtime, body: kopf.Body, message: str) -> None:
+async def _invalid(
+    rt: Runtime, body: kopf.Body, message: str, *, reason: str = R.INVALID_SPEC
+) -> None:
     prev = dict(body.get("status") or {})
     generation = body.metadata.get("generation")
     now = _now()
@@ -547,8 +617,8 @@ async def _invalid(rt: Runtime, body: kopf.Body, message: str) -> None:
         state="Invalid",
         message=message,
         conditions=[
-            ConditionSpec(R.COND_READY, "False", R.INVALID_SPEC, message),
-            ConditionSpec(R.COND_INVALID, "True", R.INVALID_SPEC, message),
+            ConditionSpec(R.COND_READY, "False", reason, message),
+            ConditionSpec(R.COND_INVALID, "True", reason, message),
         ],
         gpu_used=0.0,
         gpu_saved=0.0,
@@ -559,7 +629,7 @@ async def _invalid(rt: Runtime, body: kopf.Body, message: str) -> None:
     already = prev.get("state") == "Invalid" and prev.get("message") == message
     if not already and rt.invalid_posted.get(key) != message:
         rt.invalid_posted[key] = message
-        _post(body, "Warning", R.INVALID_SPEC, message)
+        _post(body, "Warning", reason, message)
         logger.warning(
             "Refused invalid study study=%s/%s: %s",
             body.metadata.namespace,
@@ -645,6 +715,10 @@ async def reconcile_study(
         )
     except SpecError as e:
         await _invalid(rt, body, str(e))
+        return rt.config.resync_seconds
+    unavailable = sampler_unavailable(ts.spec, where="the operator image")
+    if unavailable is not None:
+        await _invalid(rt, body, unavailable, reason=R.SAMPLER_UNAVAILABLE)
         return rt.config.resync_seconds
     rt.invalid_posted.pop(key, None)
     spec = ts.spec

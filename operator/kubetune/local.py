@@ -57,7 +57,7 @@ from kubetune._local_plan import (
     trial_env,
 )
 from kubetune.reporting import FAIL_REASON_ATTR, ReportServer
-from kubetune.sampling import directions, make_pruner, make_sampler
+from kubetune.sampling import directions, make_pruner, make_sampler, sampler_unavailable
 from kubetune.search_space import suggest_params
 from kubetune.spec import load_manifest
 from kubetune.tokens import TokenSigner, generate_key
@@ -160,6 +160,9 @@ class _Running:
 
 def _open_study(ts: TuningStudy, storage: str) -> optuna.Study:
     spec = ts.spec
+    missing = sampler_unavailable(spec)
+    if missing is not None:
+        raise LocalRunError(missing)
     try:
         study = optuna.create_study(
             storage=storage,

@@ -13,6 +13,7 @@ __all__ = [
     "COND_INVALID",
     "COND_PODS_HEALTHY",
     "COND_READY",
+    "COND_RECONCILED",
     "COND_RUNNING",
     "COND_STORAGE_REACHABLE",
     "COND_SUCCEEDED",
@@ -32,7 +33,10 @@ __all__ = [
     "NOT_SUSPENDED",
     "NO_RESULT",
     "PODS_HEALTHY",
+    "RECONCILE_ERROR",
+    "RECONCILE_SUCCEEDED",
     "RETRIES_EXHAUSTED",
+    "SAMPLER_UNAVAILABLE",
     "SPEC_VALID",
     "STORAGE_ERROR",
     "STORAGE_REACHABLE",
@@ -62,6 +66,8 @@ COND_SUSPENDED = "Suspended"
 COND_STORAGE_REACHABLE = "StorageReachable"
 #: False while some trial pods are stuck (unschedulable, image cannot be pulled).
 COND_PODS_HEALTHY = "PodsHealthy"
+#: False while reconciling the study raises (the operator backs off and tries again).
+COND_RECONCILED = "Reconciled"
 
 # Condition reasons (the study's own reason is also the ``Ready`` condition's).
 TRIALS_RUNNING = "TrialsRunning"
@@ -84,6 +90,11 @@ STORAGE_ERROR = "StorageError"
 PODS_HEALTHY = "PodsHealthy"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_FAILED = "ImagePullFailed"
+#: ``Reconciled``: the last pass went through / raised (also the Warning Event's reason).
+RECONCILE_SUCCEEDED = "ReconcileSucceeded"
+RECONCILE_ERROR = "ReconcileError"
+#: ``Invalid``: the sampler cannot be built where the study runs (GP without PyTorch).
+SAMPLER_UNAVAILABLE = "SamplerUnavailable"
 
 # Event reasons for the study (besides InvalidSpec, ImmutableFieldChanged, StudySuspended).
 STUDY_STARTED = "StudyStarted"

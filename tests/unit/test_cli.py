@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,21 @@ def test_plan_on_a_bad_manifest_is_one_clear_error(
     err = capsys.readouterr().err
     assert "low (5.0) must be less than high" in err
     assert "Traceback" not in err
+
+
+def test_run_refuses_gp_without_torch_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gp = tmp_path / "gp.yaml"
+    gp.write_text(
+        (ROOT / "examples" / "quickstart.yaml")
+        .read_text()
+        .replace("sampler: {type: TPE, seed: 7, nStartupTrials: 6}", "sampler: {type: GP}")
+    )
+    monkeypatch.setitem(sys.modules, "torch", None)  # as `import torch` sees a missing torch
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(gp)]) == 2
+    err = capsys.readouterr().err
+    assert "the GP sampler needs PyTorch in this Python environment" in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("*.db"))  # refused before any storage was opened

@@ -103,6 +103,10 @@ def test_reconcile_api_is_what_the_shell_and_ledger_use() -> None:
         "RelaunchAttempt",
         "Tell",
         "decide",
+        "describe_error",
+        "reconcile_backoff",
+        "reconcile_error_status",
+        "redact",
         "spec_hash",
         "storage_error_status",
     ]

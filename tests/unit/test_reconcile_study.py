@@ -14,10 +14,16 @@ from kubetune.reconcile._budget import Stop, TrialTally
 from kubetune.reconcile._decide import earliest
 from kubetune.reconcile._study import (
     IMMUTABLE_FIELD_MESSAGE,
+    MAX_ERROR_MESSAGE,
     StudyVerdict,
     completion_time,
+    describe_error,
     pods_healthy_condition,
     projected_ledger,
+    reconcile_backoff,
+    reconcile_error_status,
+    redact,
+    storage_error_status,
     study_conditions,
     study_events,
     study_state,
@@ -97,6 +103,7 @@ def test_conditions_of_a_running_study() -> None:
         ConditionSpec(R.COND_READY, "True", R.TRIALS_RUNNING, "2 trials running"),
         ConditionSpec(R.COND_INVALID, "False", R.SPEC_VALID, ""),
         ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_REACHABLE, ""),
+        ConditionSpec(R.COND_RECONCILED, "True", R.RECONCILE_SUCCEEDED, ""),
         ConditionSpec(R.COND_RUNNING, "True", R.TRIALS_RUNNING, "2 trials running"),
         ConditionSpec(R.COND_SUSPENDED, "False", R.NOT_SUSPENDED, ""),
         ConditionSpec(R.COND_SUCCEEDED, "False", R.TRIALS_IN_PROGRESS, ""),
@@ -211,3 +218,95 @@ def test_earliest_ignores_missing_and_infinite_delays() -> None:
     assert earliest() is None
     assert earliest(None, math.inf) is None
     assert earliest(30.0, None, 0.0, 12.5) == 0.0
+
+
+# --- a reconcile that raised --------------------------------------------------------------------
+
+
+def test_reconcile_backoff_doubles_from_two_seconds_to_five_minutes() -> None:
+    assert [reconcile_backoff(n) for n in range(1, 11)] == [
+        2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0,
+    ]  # fmt: skip
+    assert reconcile_backoff(10_000) == 300.0
+    assert reconcile_backoff(0) == 2.0
+
+
+def test_redact_removes_secrets_and_url_credentials() -> None:
+    text = "connect postgresql+psycopg2://kubetune:s3cret@db:5432/kubetune failed; key=k3y-k3y"
+    got = redact(text, ["k3y-k3y", ""])
+    assert got == "connect postgresql+psycopg2://***@db:5432/kubetune failed; key=***"
+    assert redact("see https://example.com/a@b", ()) == "see https://example.com/a@b"
+
+
+class FakeApiError(Exception):
+    """Shaped like kubernetes.client.ApiException: str() carries the HTTP headers."""
+
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        super().__init__(
+            f"({status})\nReason: {reason}\nHTTP response headers: {{'Audit-Id': 'x'}}"
+        )
+        self.status, self.reason, self.body = status, reason, body
+
+
+def test_describe_error_is_one_line_without_secrets_or_headers() -> None:
+    err = RuntimeError("cannot open\n  sqlite:///x.db as user:pw@host\tkey=abcdefabcdef")
+    assert describe_error(err, secrets=["abcdefabcdef"]) == (
+        "RuntimeError: cannot open sqlite:///x.db as user:pw@host key=***"
+    )
+    api = FakeApiError(500, "Internal Server Error", '{"message": "etcd is sad"}')
+    assert describe_error(api) == "FakeApiError: (500) Internal Server Error: etcd is sad"
+    assert describe_error(FakeApiError(503, "Unavailable", "not json")) == (
+        "FakeApiError: (503) Unavailable"
+    )
+    assert describe_error(KeyError()) == "KeyError"
+    long = describe_error(ValueError("x" * 5000))
+    assert len(long) == MAX_ERROR_MESSAGE and long.endswith("...")
+
+
+def test_reconcile_error_status_flags_reconciled_and_keeps_the_rest() -> None:
+    previous = {
+        "observedGeneration": 3,
+        "state": "Running",
+        "message": "2 trials running",
+        "trials": {"total": 2, "running": 2},
+        "startTime": "2026-03-01T11:00:00Z",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": R.TRIALS_RUNNING,
+             "message": "", "lastTransitionTime": "2026-03-01T11:00:00Z"},
+            {"type": "Reconciled", "status": "True", "reason": R.RECONCILE_SUCCEEDED,
+             "message": "", "lastTransitionTime": "2026-03-01T11:00:00Z"},
+            {"type": "Running", "status": "True", "reason": R.TRIALS_RUNNING,
+             "message": "2 trials running", "lastTransitionTime": "2026-03-01T11:00:00Z"},
+        ],
+    }  # fmt: skip
+    got = reconcile_error_status(
+        previous, now=T0, message="RuntimeError: boom", failures=3, retry_in=8.0
+    )
+    cond = {c["type"]: c for c in got["conditions"]}
+    detail = "RuntimeError: boom (failed 3 times in a row; next try in 8 s)"
+    for ctype in ("Ready", "Reconciled"):
+        assert (cond[ctype]["status"], cond[ctype]["reason"]) == ("False", R.RECONCILE_ERROR)
+        assert cond[ctype]["message"] == detail
+        assert cond[ctype]["lastTransitionTime"] == "2026-03-01T12:00:00Z"
+    assert cond["Running"]["status"] == "True"
+    assert cond["Running"]["lastTransitionTime"] == "2026-03-01T11:00:00Z"
+    assert (got["observedGeneration"], got["state"], got["trials"]) == (
+        3, "Running", {"total": 2, "running": 2},
+    )  # fmt: skip
+    assert got["startTime"] == "2026-03-01T11:00:00Z"
+    once = reconcile_error_status({}, now=T0, message="E", failures=1, retry_in=2.0)
+    assert once["state"] == "Pending"
+    assert once["conditions"][-1]["message"] == "E (failed once; next try in 2 s)"
+
+
+def test_storage_error_status_keeps_the_reconciled_condition() -> None:
+    previous = {
+        "conditions": [
+            {"type": "Reconciled", "status": "True", "reason": R.RECONCILE_SUCCEEDED,
+             "message": "", "lastTransitionTime": "2026-03-01T11:00:00Z"},
+        ],
+    }  # fmt: skip
+    got = storage_error_status(previous, generation=None, now=T0, message="down")
+    cond = {c["type"]: c for c in got["conditions"]}
+    assert cond["Reconciled"]["status"] == "True"
+    assert cond["StorageReachable"]["status"] == "False"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,20 @@ def test_condition_describes_and_matches_its_values() -> None:
     listed = Condition_.model_validate({"param": "opt", "in": ["sgd", True]})
     assert listed.describe() == "opt in ['sgd', True]"
     assert [listed.matches(v) for v in ("sgd", True, 1, "adam")] == [True, True, False, False]
+
+
+def test_gp_is_refused_with_a_clear_sentence_where_torch_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubetune.sampling import SamplerUnavailableError, make_sampler, sampler_unavailable
+
+    gp = parse_manifest(edited(study_manifest(), "spec.sampler", {"type": "GP"})).spec
+    tpe = parse_manifest(study_manifest()).spec
+    monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` sees without torch
+    why = sampler_unavailable(gp, where="the operator image")
+    assert why is not None
+    assert why.startswith("the GP sampler needs PyTorch in the operator image")
+    assert "384 MB to 1.13 GB" in why and "TPE" in why
+    assert sampler_unavailable(tpe, where="the operator image") is None
+    with pytest.raises(SamplerUnavailableError, match="needs PyTorch"):
+        make_sampler(gp)

@@ -31,6 +31,9 @@ Rules (each tested in tests/unit/test_reconcile.py):
   (``maxFailedTrials``), past the deadline or over the GPU budget; running trials finish.
   The study is Succeeded (or Failed, when no trial completed) once it stops launching and
   nothing runs.
+- A pass that raises is not the decision's: the shell sets ``Reconciled=False`` (reason
+  ``ReconcileError``, :func:`reconcile_error_status`, message by :func:`describe_error`), posts
+  a Warning Event and tries again after :func:`reconcile_backoff` (2 s doubling to 5 min).
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ from kubetune.reconcile._actions import (
 )
 from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
 from kubetune.reconcile._observed import ExpectedJob
-from kubetune.reconcile._study import storage_error_status
+from kubetune.reconcile._study import (
+    describe_error,
+    reconcile_backoff,
+    reconcile_error_status,
+    redact,
+    storage_error_status,
+)
 from kubetune.reconcile._trials import MAX_LOG_TAIL_CHARS
 
 __all__ = [
@@ -65,6 +74,10 @@ __all__ = [
     "RelaunchAttempt",
     "Tell",
     "decide",
+    "describe_error",
+    "reconcile_backoff",
+    "reconcile_error_status",
+    "redact",
     "spec_hash",
     "storage_error_status",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -22,10 +24,17 @@ from kubetune.status import (
 
 __all__ = [
     "IMMUTABLE_FIELD_MESSAGE",
+    "MAX_ERROR_MESSAGE",
+    "MAX_RECONCILE_BACKOFF_SECONDS",
+    "RECONCILE_BACKOFF_SECONDS",
     "StudyVerdict",
     "completion_time",
+    "describe_error",
     "pods_healthy_condition",
     "projected_ledger",
+    "reconcile_backoff",
+    "reconcile_error_status",
+    "redact",
     "storage_error_status",
     "study_conditions",
     "study_events",
@@ -114,6 +123,7 @@ def study_conditions(
             verdict.message if invalid else "",
         ),
         ConditionSpec(R.COND_STORAGE_REACHABLE, "True", R.STORAGE_REACHABLE, ""),
+        ConditionSpec(R.COND_RECONCILED, "True", R.RECONCILE_SUCCEEDED, ""),
         ConditionSpec(
             R.COND_RUNNING,
             _flag(running > 0),
@@ -185,26 +195,25 @@ def projected_ledger(
     return LedgerSnapshot(ledger.study_name, tuple(trials), ledger.spec_hash, ledger.usage)
 
 
-def storage_error_status(
-    previous: Mapping[str, Any] | None, *, generation: int | None, now: datetime, message: str
-) -> dict[str, Any]:
-    """The status while the ledger is unreachable: everything else is kept as it was.
-
-    ``generation`` is not used: the spec was not reconciled, so observedGeneration stays.
-    """
-    del generation
-    prev = dict(previous or {})
-    conditions = [
+def _kept_conditions(previous: Mapping[str, Any], replaced: Iterable[str]) -> list[ConditionSpec]:
+    """The previous status's conditions, minus the types about to be replaced."""
+    drop = set(replaced)
+    return [
         ConditionSpec(
             str(c["type"]), c["status"], str(c.get("reason", "")), str(c.get("message", ""))
         )
-        for c in prev.get("conditions") or []
+        for c in previous.get("conditions") or []
         if isinstance(c, Mapping)
-        and c.get("type") not in (R.COND_STORAGE_REACHABLE, R.COND_READY)
+        and c.get("type") not in drop
         and c.get("status") in ("True", "False", "Unknown")
     ]
-    conditions.append(ConditionSpec(R.COND_READY, "False", R.STORAGE_ERROR, message))
-    conditions.append(ConditionSpec(R.COND_STORAGE_REACHABLE, "False", R.STORAGE_ERROR, message))
+
+
+def _unreconciled_status(
+    prev: Mapping[str, Any], *, now: datetime, message: str, conditions: list[ConditionSpec]
+) -> dict[str, Any]:
+    """The previous status with new conditions: the spec was not reconciled, so
+    observedGeneration, the state, the counts and the times stay as they were."""
     return build_status(
         previous=prev,
         generation=prev.get("observedGeneration"),
@@ -220,3 +229,85 @@ def storage_error_status(
         start_time=parse_time(prev.get("startTime")),
         completion_time=parse_time(prev.get("completionTime")),
     )
+
+
+def storage_error_status(
+    previous: Mapping[str, Any] | None, *, generation: int | None, now: datetime, message: str
+) -> dict[str, Any]:
+    """The status while the ledger is unreachable: everything else is kept as it was.
+
+    ``generation`` is not used: the spec was not reconciled, so observedGeneration stays.
+    """
+    del generation
+    prev = dict(previous or {})
+    conditions = _kept_conditions(prev, (R.COND_STORAGE_REACHABLE, R.COND_READY))
+    conditions.append(ConditionSpec(R.COND_READY, "False", R.STORAGE_ERROR, message))
+    conditions.append(ConditionSpec(R.COND_STORAGE_REACHABLE, "False", R.STORAGE_ERROR, message))
+    return _unreconciled_status(prev, now=now, message=message, conditions=conditions)
+
+
+#: After a failed reconcile the study waits this long, twice as long after each further
+#: failure in a row, at most :data:`MAX_RECONCILE_BACKOFF_SECONDS`; a success resets it.
+RECONCILE_BACKOFF_SECONDS = 2.0
+MAX_RECONCILE_BACKOFF_SECONDS = 300.0
+#: Longest error text put in a condition or an Event.
+MAX_ERROR_MESSAGE = 500
+#: ``scheme://user:password@`` in any URL: the credentials go, whatever the secret list says.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@]+@")
+
+
+def reconcile_backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed reconciles in a row: 2, 4, 8, ... 300."""
+    doublings = min(max(failures - 1, 0), 20)
+    return min(RECONCILE_BACKOFF_SECONDS * 2.0**doublings, MAX_RECONCILE_BACKOFF_SECONDS)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each secret replaced by ``***`` and the credentials of any URL removed."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def _api_error_text(error: BaseException) -> str | None:
+    """``(status) reason: message`` of a Kubernetes API error, without its HTTP headers."""
+    status, reason = getattr(error, "status", None), getattr(error, "reason", None)
+    if not isinstance(status, int) or not isinstance(reason, str):
+        return None
+    text = f"({status}) {reason}"
+    body = getattr(error, "body", None)
+    try:
+        detail = json.loads(body).get("message") if isinstance(body, str | bytes) else None
+    except (ValueError, AttributeError):
+        detail = None
+    return f"{text}: {detail}" if isinstance(detail, str) and detail else text
+
+
+def describe_error(error: BaseException, *, secrets: Iterable[str] = ()) -> str:
+    """One line for a condition or an Event: the error's type and message, secrets removed,
+    at most :data:`MAX_ERROR_MESSAGE` characters."""
+    text = _api_error_text(error)
+    if text is None:
+        text = str(error)
+    text = redact(" ".join(text.split()), secrets)
+    line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return line if len(line) <= MAX_ERROR_MESSAGE else line[: MAX_ERROR_MESSAGE - 3] + "..."
+
+
+def reconcile_error_status(
+    previous: Mapping[str, Any] | None,
+    *,
+    now: datetime,
+    message: str,
+    failures: int,
+    retry_in: float,
+) -> dict[str, Any]:
+    """The status after a reconcile raised: ``Reconciled`` and ``Ready`` are False with reason
+    ``ReconcileError``; everything else is kept as it was (nothing was reconciled)."""
+    prev = dict(previous or {})
+    times = "once" if failures == 1 else f"{failures} times in a row"
+    detail = f"{message} (failed {times}; next try in {retry_in:.0f} s)"
+    conditions = _kept_conditions(prev, (R.COND_RECONCILED, R.COND_READY))
+    conditions.append(ConditionSpec(R.COND_READY, "False", R.RECONCILE_ERROR, detail))
+    conditions.append(ConditionSpec(R.COND_RECONCILED, "False", R.RECONCILE_ERROR, detail))
+    return _unreconciled_status(prev, now=now, message=detail, conditions=conditions)

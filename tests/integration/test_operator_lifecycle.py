@@ -1,0 +1,130 @@
+"""How a study ends and what it says when it cannot go on, on the real control plane.
+
+Real kube-apiserver, controller-manager (the Job controller suspends, resumes and fails Jobs)
+and kopf; trial pods are real processes run by the kubelet stand-in; the ledger is a real
+PostgreSQL. Each scenario asserts on the state of the world: the study's status and Events,
+its Jobs, the trials in the database.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_fixtures import (
+    by_state,
+    condition,
+    events,
+    jobs,
+    operator_env,
+    optuna_trials,
+    run_operator_thread,
+    status,
+    study_manifest,
+    trainer_file,
+    wait_state,
+)
+
+from harness import Cluster
+
+NS = "default"
+
+
+@pytest.fixture
+def operator_env_vars(fresh_database: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    for key, value in operator_env(fresh_database).items():
+        monkeypatch.setenv(key, value)
+    return fresh_database
+
+
+def reasons_of(cluster: Cluster, name: str, namespace: str = NS) -> list[str]:
+    return [str(e["reason"]) for e in events(cluster, name, namespace)]
+
+
+# --- item 4: errors become conditions ---------------------------------------------------------
+
+
+def test_a_study_whose_reconcile_raises_says_so_and_backs_off_while_others_run(
+    cluster: Cluster, operator_env_vars: str, postgres_password: str, tmp_path: Path
+) -> None:
+    trainer = trainer_file(tmp_path)
+    cluster.api.ensure_namespace("victim")
+    # Every Job create in the victim's namespace fails: its reconcile raises on each pass.
+    fault = cluster.api.faults.add(path=r"/namespaces/victim/jobs$", verbs=("create",), status=500)
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", study_manifest("victim", trainer), "victim")
+        cluster.api.create("tuningstudies", study_manifest("bystander", trainer), NS)
+        bystander = wait_state(cluster, "bystander", "Succeeded")
+        cluster.api.wait_for(
+            lambda: (
+                "3 times in a row"
+                in condition(cluster, "victim", "Reconciled", "victim").get("message", "")
+            ),
+            timeout=60,
+            message="the victim's condition never counted 3 failures",
+        )
+        broken = condition(cluster, "victim", "Reconciled", "victim")
+        ready = condition(cluster, "victim", "Ready", "victim")
+        # The Event is posted once per error text, not once per retry.
+        cluster.api.wait_for(lambda: "ReconcileError" in reasons_of(cluster, "victim", "victim"))
+        error_events = [
+            e for e in events(cluster, "victim", "victim") if e["reason"] == "ReconcileError"
+        ]
+        failed_passes = fault.hits
+        cluster.api.faults.remove(fault)
+        final = wait_state(cluster, "victim", "Succeeded", "victim", timeout=120)
+    assert runner.exit_code == 0, runner.output[-3000:]
+
+    assert bystander["trials"]["completed"] == 4
+    assert broken["status"] == "False" and broken["reason"] == "ReconcileError"
+    assert "(500) Internal Server Error" in broken["message"]
+    assert "injected by the test proxy" in broken["message"]
+    assert "next try in" in broken["message"]
+    assert ready["status"] == "False" and ready["reason"] == "ReconcileError"
+    (event,) = error_events
+    assert event["type"] == "Warning" and "injected by the test proxy" in event["message"]
+    # Backoff: 2 s, 4 s, 8 s ... not one attempt per resync (2 s here) or per watch event.
+    assert failed_passes <= 5, failed_passes
+    assert postgres_password not in str(broken) + str(error_events)
+    # It recovered: the condition says so, and no trial was asked twice for the failures.
+    assert condition(cluster, "victim", "Reconciled", "victim")["status"] == "True"
+    assert condition(cluster, "victim", "Reconciled", "victim")["reason"] == "ReconcileSucceeded"
+    assert by_state(optuna_trials(operator_env_vars, final)) == {"COMPLETE": 4}
+    assert final["trials"]["total"] == 4
+
+
+def _gp(manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest["spec"]["sampler"] = {"type": "GP", "seed": 1}
+    return manifest
+
+
+def test_gp_without_torch_is_invalid_with_a_clear_condition_while_others_run(
+    cluster: Cluster,
+    operator_env_vars: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The operator image has no torch; here it is installed, so hide it from the operator
+    # (kopf runs in this process) the way Python itself marks a module as missing.
+    monkeypatch.setitem(sys.modules, "torch", None)
+    trainer = trainer_file(tmp_path)
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", _gp(study_manifest("gp", trainer)), NS)
+        cluster.api.create("tuningstudies", study_manifest("bystander", trainer), NS)
+        invalid = wait_state(cluster, "gp", "Invalid")
+        cluster.api.wait_for(lambda: "SamplerUnavailable" in reasons_of(cluster, "gp"))
+        bystander = wait_state(cluster, "bystander", "Succeeded")
+    assert runner.exit_code == 0, runner.output[-3000:]
+
+    assert bystander["trials"]["completed"] == 4
+    cond = condition(cluster, "gp", "Invalid")
+    assert cond["status"] == "True" and cond["reason"] == "SamplerUnavailable"
+    assert cond["message"].startswith("the GP sampler needs PyTorch in the operator image")
+    assert "1.13 GB" in cond["message"]
+    assert invalid["message"] == cond["message"]
+    assert reasons_of(cluster, "gp").count("SamplerUnavailable") == 1
+    assert jobs(cluster, "gp") == []
+    assert "optunaStudyName" not in status(cluster, "gp")
+    assert "Reconcile failed" not in runner.output

@@ -115,11 +115,25 @@ def wait_until(
 def start_python(
     args: Sequence[str], env: dict[str, str], **popen: object
 ) -> subprocess.Popen[bytes]:
-    """``sys.executable *args`` with faulthandler on: :func:`finish` can then ask a hung process
-    for the stack of every thread (SIGABRT; core dumps are off for it)."""
-    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-        [sys.executable, *args], env={**env, "PYTHONFAULTHANDLER": "1"}, **popen
-    )
+    """``sys.executable *args``, ready to be interrupted and to explain a hang.
+
+    * SIGINT starts at its default action in the child, so Python turns it into
+      ``KeyboardInterrupt`` even when this test run ignores SIGINT (a background job of a
+      non-interactive shell, ``cmd &`` in CI scripts, ignores it, and an ignored signal stays
+      ignored across ``exec``): without this, a test that plays Ctrl-C waits forever.
+    * faulthandler is on: :func:`finish` can ask a hung process for the stack of every thread
+      (SIGABRT; core dumps are off for it).
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:  # a handled signal is reset to its default in the child by exec
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            [sys.executable, *args], env={**env, "PYTHONFAULTHANDLER": "1"}, **popen
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(ProcessLookupError):  # it may be gone already
         resource.prlimit(proc.pid, resource.RLIMIT_CORE, (0, 0))
     return proc

@@ -8,13 +8,33 @@ the command line in the chart (it would show in ``ps``).
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Sequence
 
 import kopf
 
 from kubetune.handlers import OperatorConfig
 
-__all__ = ["run_operator"]
+__all__ = ["run_operator", "scanning_disabled"]
+
+#: A namespace name (an RFC 1123 label), as opposed to a kopf pattern (globs, ``!``, commas).
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def scanning_disabled(namespaces: Sequence[str], *, clusterwide: bool) -> bool:
+    """Whether kopf may skip observing the cluster: true when only named namespaces are served.
+
+    kopf lists and watches Namespaces (to match patterns) and CRDs (to notice new versions) unless
+    told not to. Explicit names need neither, and with the chart's namespaced Roles the Namespace
+    list is forbidden: kopf retries it for about a minute before it serves anything. Cluster-wide,
+    kopf lists no Namespaces and keeps watching CRDs, which the chart's ClusterRole grants.
+    """
+    return (
+        not clusterwide
+        and bool(namespaces)
+        and all(_NAMESPACE_NAME.fullmatch(ns) for ns in namespaces)
+    )
 
 
 def run_operator(
@@ -56,7 +76,10 @@ def run_operator(
         image_pull_grace_seconds=float(os.environ.get("KUBETUNE_IMAGE_PULL_GRACE_SECONDS", "300")),
     )
     clusterwide = all_namespaces or not namespaces
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = scanning_disabled(namespaces or (), clusterwide=clusterwide)
     kopf.run(
+        settings=settings,
         standalone=True,
         clusterwide=clusterwide,
         namespaces=() if clusterwide else tuple(namespaces or ()),

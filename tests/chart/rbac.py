@@ -1,10 +1,11 @@
 """What the chart's RBAC grants, as a set of (apiGroup, resource, verb).
 
-The lead's integration suite compares this set with the API calls the operator really makes,
-so that the chart grants exactly what is used: e.g.
+``test_chart_install.py`` compares this set with the API calls the operator really makes when it
+runs with the installed chart's ServiceAccount token, so that the chart grants exactly what is
+used; a subresource is spelled ``resource/subresource`` (``pods/log``), as in the rules:
 
     from chart.rbac import rendered_permissions
-    assert observed_calls <= rendered_permissions()
+    assert used_calls == rendered_permissions(set_values=["watch.mode=AllNamespaces"])
 """
 
 from __future__ import annotations

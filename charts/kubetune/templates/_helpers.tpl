@@ -144,24 +144,24 @@ Call with (dict "ctx" $ "name" SECRET "key" KEY "length" N).
 {{- end }}
 
 {{/*
-Only what the operator calls. No access to Secrets: the operator gets its own Secrets as
-environment variables. tests/chart/rbac.py reads these rules back for the RBAC test.
+Only what the operator calls, in the watched namespaces. No access to Secrets: the operator gets
+its own Secrets as environment variables. No "get": kopf and the operator list and watch, and a
+read of one object never happens (tests/chart/test_chart_install.py compares these rules with
+the requests of a real run; tests/chart/rbac.py reads them back).
 */}}
 {{- define "kubetune.rbacRules" -}}
-{{- /* Exactly what the operator calls (tests/reliability/test_security.py compares this with
-       the API requests of a real run); "get" beside "list" is the only unused grant. */}}
 - apiGroups: ["kubetune.io"]
   resources: ["tuningstudies"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["kubetune.io"]
   resources: ["tuningstudies/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "delete"]
+  verbs: ["create", "list", "watch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]

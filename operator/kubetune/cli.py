@@ -49,8 +49,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from kubetune.jobs import render_job
-    from kubetune.sampling import directions, make_pruner, make_sampler
-    from kubetune.search_space import distributions, suggest_params
+    from kubetune.sampling import directions, grid_trials, make_pruner, make_sampler
+    from kubetune.search_space import distributions, space_size, suggest_params
 
     ts = load_manifest(args.file)
     spec = ts.spec
@@ -73,12 +73,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"maxFailedTrials={b.max_failed_trials} deadlineSeconds={b.deadline_seconds} "
         f"maxGpuSeconds={b.max_gpu_seconds}"
     )
+    points, cap = space_size(spec), grid_trials(spec)
+    if points is not None and cap is not None:
+        line = f"Grid: {points} points"
+        if cap > points:
+            line += f" + {cap - points} warm-start trials"
+        if cap < b.max_trials:
+            line += (
+                f"; the study ends after {cap} trials (SearchSpaceExhausted), "
+                f"before maxTrials={b.max_trials}"
+            )
+        con.print(line)
     study = optuna.create_study(sampler=sampler, pruner=pruner, directions=directions(spec))
     for fixed in spec.enqueue_trials:
         study.enqueue_trial(dict(fixed), skip_if_exists=True)
-    proposals = Table("trial", "parameters", title=f"First {args.trials} proposals")
+    shown = min(args.trials, b.max_trials, cap or b.max_trials)
+    proposals = Table("trial", "parameters", title=f"First {shown} proposals")
     first_job: dict[str, Any] | None = None
-    for _ in range(min(args.trials, b.max_trials)):
+    for _ in range(shown):
         trial = study.ask()
         params = suggest_params(trial, spec)
         proposals.add_row(str(trial.number), json.dumps(params))

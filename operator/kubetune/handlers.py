@@ -65,7 +65,7 @@ from kubetune.reconcile import (
     storage_error_status,
 )
 from kubetune.reporting import create_report_app
-from kubetune.sampling import sampler_unavailable
+from kubetune.sampling import grid_trials, sampler_unavailable
 from kubetune.spec import GROUP, PLURAL, VERSION, SpecError, TuningStudySpec, parse_manifest
 from kubetune.status import ConditionSpec, build_status
 from kubetune.tokens import TokenSigner
@@ -756,6 +756,7 @@ async def reconcile_study(
         previous_status=dict(body.get("status") or {}),
         expected=expected,
         image_pull_grace_seconds=rt.config.image_pull_grace_seconds,
+        grid_trials=grid_trials(spec),
     )
     try:
         changed = await _apply(rt, body=body, spec=spec, study=study, decision=decision, snap=snap)

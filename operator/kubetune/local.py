@@ -57,7 +57,13 @@ from kubetune._local_plan import (
     trial_env,
 )
 from kubetune.reporting import FAIL_REASON_ATTR, ReportServer
-from kubetune.sampling import directions, make_pruner, make_sampler, sampler_unavailable
+from kubetune.sampling import (
+    directions,
+    grid_trials,
+    make_pruner,
+    make_sampler,
+    sampler_unavailable,
+)
 from kubetune.search_space import suggest_params
 from kubetune.spec import load_manifest
 from kubetune.tokens import TokenSigner, generate_key
@@ -578,8 +584,12 @@ def run_local(
         raise LocalRunError(f"--parallelism must be >= 1, got {parallelism}")
     if max_trials is not None and max_trials < 1:
         raise LocalRunError(f"--max-trials must be >= 1, got {max_trials}")
+    # A Grid study ends once every point was tried, as in the operator (SearchSpaceExhausted).
+    wanted = max_trials or spec.budget.max_trials
+    grid = grid_trials(spec)
+    exhausts = grid is not None and grid < wanted
     budget = Budget(
-        max_trials=max_trials or spec.budget.max_trials,
+        max_trials=grid if grid is not None and exhausts else wanted,
         parallelism=parallelism or spec.budget.parallelism,
         max_failed_trials=spec.budget.max_failed_trials,
         deadline_seconds=spec.budget.deadline_seconds,
@@ -646,6 +656,11 @@ def run_local(
                 )
                 if decision.done:
                     reason = decision.reason
+                    if exhausts and reason.startswith(reasons.MAX_TRIALS_REACHED):
+                        reason = (
+                            f"{reasons.SEARCH_SPACE_EXHAUSTED}: every point of the grid was "
+                            f"tried ({budget.max_trials} trials; maxTrials={wanted})"
+                        )
                     break
                 for _ in range(decision.launch):
                     runner.launch()

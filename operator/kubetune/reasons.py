@@ -37,6 +37,7 @@ __all__ = [
     "RECONCILE_SUCCEEDED",
     "RETRIES_EXHAUSTED",
     "SAMPLER_UNAVAILABLE",
+    "SEARCH_SPACE_EXHAUSTED",
     "SPEC_VALID",
     "STORAGE_ERROR",
     "STORAGE_REACHABLE",
@@ -82,6 +83,8 @@ MAX_TRIALS_REACHED = "MaxTrialsReached"
 MAX_FAILED_TRIALS_REACHED = "MaxFailedTrialsReached"
 DEADLINE_REACHED = "DeadlineReached"
 GPU_BUDGET_EXHAUSTED = "GpuBudgetExhausted"
+#: A Grid study tried every point (``maxTrials`` was larger than the grid).
+SEARCH_SPACE_EXHAUSTED = "SearchSpaceExhausted"
 INVALID_SPEC = "InvalidSpec"
 IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
 SPEC_VALID = "SpecValid"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.study import StudyDirection
 
-from kubetune.search_space import grid
+from kubetune.search_space import grid, space_size
 
 if TYPE_CHECKING:
     from kubetune.spec import TuningStudySpec
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SamplerUnavailableError",
     "directions",
+    "grid_trials",
     "make_pruner",
     "make_sampler",
     "sampler_unavailable",
@@ -60,11 +61,25 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     ``stop()`` only works inside ``study.optimize``; under ask-and-tell (the operator, the local
     runner) it raises from ``tell`` *before* the result is stored, losing the last trial. The
-    budget logic caps grid studies at the grid's size instead (``search_space.space_size``).
+    budget logic caps grid studies at :func:`grid_trials` instead (``SearchSpaceExhausted``).
     """
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         return None
+
+
+def grid_trials(spec: TuningStudySpec) -> int | None:
+    """How many trials a Grid study runs before its points repeat; None for other samplers.
+
+    Optuna's GridSampler gives each asked trial an untried point, then re-evaluates random
+    ones. Enqueued (warm-start) trials carry their own parameters and take no grid point, so
+    they come on top of the grid's size (duplicates in ``enqueueTrials`` are enqueued once).
+    """
+    points = space_size(spec)
+    if points is None:
+        return None
+    warm = {tuple(sorted(fixed.items())) for fixed in spec.enqueue_trials}
+    return points + len(warm)
 
 
 def directions(spec: TuningStudySpec) -> list[StudyDirection]:

@@ -128,3 +128,32 @@ def test_gp_without_torch_is_invalid_with_a_clear_condition_while_others_run(
     assert jobs(cluster, "gp") == []
     assert "optunaStudyName" not in status(cluster, "gp")
     assert "Reconcile failed" not in runner.output
+
+
+# --- item 5: grid exhaustion -------------------------------------------------------------------
+
+
+def test_a_grid_study_ends_when_every_point_was_tried(
+    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+) -> None:
+    manifest = study_manifest("grid", trainer_file(tmp_path), max_trials=10, parallelism=3)
+    manifest["spec"]["searchSpace"] = [
+        {"name": "lr", "categorical": {"choices": [0.01, 0.1]}},
+        {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
+    ]
+    manifest["spec"]["sampler"] = {"type": "Grid", "seed": 1}
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", manifest, NS)
+        final = wait_state(cluster, "grid", "Succeeded")
+    assert runner.exit_code == 0, runner.output[-3000:]
+
+    succeeded = condition(cluster, "grid", "Succeeded")
+    assert succeeded["reason"] == "SearchSpaceExhausted"
+    assert "every point of the grid was tried (4 trials; maxTrials: 10)" in succeeded["message"]
+    assert final["progress"] == "4/4"
+    trials = optuna_trials(operator_env_vars, final)
+    assert by_state(trials) == {"COMPLETE": 4}
+    assert sorted((t.params["lr"], t.params["optimizer"]) for t in trials) == [
+        (0.01, "adamw"), (0.01, "sgd"), (0.1, "adamw"), (0.1, "sgd"),
+    ]  # fmt: skip
+    assert len(jobs(cluster, "grid")) == 4

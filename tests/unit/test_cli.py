@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
+import optuna
 import pytest
+import yaml
 
 from kubetune.cli import main
 from kubetune.crd import crd_yaml
@@ -65,3 +68,80 @@ def test_run_refuses_gp_without_torch_in_one_line(
     assert "the GP sampler needs PyTorch in this Python environment" in err
     assert "Traceback" not in err
     assert not list(tmp_path.glob("*.db"))  # refused before any storage was opened
+
+
+#: A trainer for local runs: its value is the ``lr`` parameter (TerminationMessage mode).
+LR_IS_THE_VALUE = (
+    "import json, os; open(os.environ['KUBETUNE_TERMINATION_LOG'], 'w')"
+    ".write(json.dumps({'values': [float(os.environ['KUBETUNE_PARAM_LR'])]}))"
+)
+
+
+def local_manifest(
+    tmp_path: Path,
+    *,
+    name: str = "local",
+    space: list[dict[str, Any]] | None = None,
+    sampler: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
+    objective: dict[str, Any] | None = None,
+) -> Path:
+    doc = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": name},
+        "spec": {
+            "objectives": [objective or {"name": "acc", "direction": "maximize"}],
+            "searchSpace": space
+            or [
+                {"name": "lr", "categorical": {"choices": [0.1, 0.2]}},
+                {"name": "layers", "int": {"low": 1, "high": 2}},
+            ],
+            "sampler": sampler or {"type": "Grid"},
+            "budget": budget or {"maxTrials": 10, "parallelism": 2},
+            "trial": {
+                "result": {"from": "TerminationMessage"},
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "t",
+                                "image": "t:1",
+                                "command": ["python", "-c", LR_IS_THE_VALUE],
+                            }
+                        ]
+                    }
+                },
+            },
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_plan_shows_the_grid_size_and_when_it_ends_the_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(local_manifest(tmp_path)), "--trials", "9"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Grid: 4 points; the study ends after 4 trials (SearchSpaceExhausted)" in out
+    assert "before maxTrials=10" in out
+    assert "First 4 proposals" in out and '"layers": 2' in out
+    assert main(["plan", str(ROOT / "examples" / "grid.yaml")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Grid: 12 points" in out and "SearchSpaceExhausted" not in out
+
+
+def test_a_local_grid_study_ends_when_every_point_was_tried(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path}/grid.db"
+    assert main(["run", str(local_manifest(tmp_path, name="grid")), "--storage", storage]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Stopped: SearchSpaceExhausted: every point of the grid was tried (4 trials" in out
+    trials = optuna.load_study(study_name="grid", storage=storage).trials
+    assert sorted((t.params["lr"], t.params["layers"]) for t in trials) == [
+        (0.1, 1), (0.1, 2), (0.2, 1), (0.2, 2),
+    ]  # fmt: skip
+    assert {t.state.name for t in trials} == {"COMPLETE"}

@@ -625,3 +625,41 @@ def test_random_worlds_converge_within_budget(
     for n, t in world.trials.items():
         if t.state == "RUNNING":
             assert job_name("demo", n, t.attempt) in world.jobs
+
+
+def test_a_grid_study_ends_when_every_point_was_tried() -> None:
+    """maxTrials 10 over a grid of 2 x 2 points: four trials, then SearchSpaceExhausted."""
+    manifest = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "objectives": [{"name": "acc", "direction": "maximize"}],
+            "searchSpace": [
+                {"name": "lr", "categorical": {"choices": [0.01, 0.1]}},
+                {"name": "layers", "int": {"low": 1, "high": 2}},
+            ],
+            "sampler": {"type": "Grid"},
+            "budget": {"maxTrials": 10, "parallelism": 3},
+            "trial": {
+                "result": {"from": "TerminationMessage"},
+                "template": {"spec": {"containers": [{"name": "t", "image": "t:1"}]}},
+            },
+        },
+    }
+    world = World(parse_manifest(manifest).spec)
+    for _ in range(10):
+        world.step(grid_trials=4)
+        for n, t in world.trials.items():
+            if t.state == "RUNNING":
+                world.finish(n, termination_message='{"values": [0.5]}')
+        world.now += timedelta(seconds=10)
+    final = world.decide(grid_trials=4)
+    assert final.actions == ()
+    assert len(world.trials) == 4
+    assert final.state == "Succeeded"
+    cond = {c["type"]: c for c in final.status["conditions"]}
+    assert cond["Succeeded"]["reason"] == R.SEARCH_SPACE_EXHAUSTED
+    assert "every point of the grid was tried (4 trials" in cond["Succeeded"]["message"]
+    assert final.status["progress"] == "4/4"
+    assert [e.reason for e in final.events] == []  # StudySucceeded was posted once, before

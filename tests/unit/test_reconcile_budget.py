@@ -17,6 +17,7 @@ from kubetune.reconcile._budget import (
     seconds_to_deadline,
     stop_reason,
     tally_trials,
+    trial_cap,
 )
 from kubetune.reconcile._gpu import (
     GpuAccount,
@@ -99,6 +100,31 @@ def test_failures_win_over_the_other_rules() -> None:
     assert got is not None and got.reason == R.MAX_FAILED_TRIALS_REACHED
     got = stop({**everything, "max_failed_trials": None}, tally(asked=2), gpu=5, after=5)
     assert got is not None and got.reason == R.MAX_TRIALS_REACHED
+
+
+def test_a_grid_smaller_than_max_trials_stops_once_every_point_was_tried() -> None:
+    def grid_stop(t: TrialTally, grid_trials: int | None) -> Stop | None:
+        return stop_reason(
+            Budget(max_trials=10), t, gpu_used=0, start_time=T0, now=T0, grid_trials=grid_trials
+        )
+
+    assert grid_stop(tally(asked=3), 4) is None
+    assert grid_stop(tally(asked=4), 4) == Stop(
+        R.SEARCH_SPACE_EXHAUSTED, "every point of the grid was tried (4 trials; maxTrials: 10)"
+    )
+    assert grid_stop(tally(asked=4), None) is None  # not a Grid study
+    # maxTrials first: a grid as large as maxTrials or larger ends as any study does.
+    got = grid_stop(tally(asked=10), 12)
+    assert got is not None and got.reason == R.MAX_TRIALS_REACHED
+    assert trial_cap(Budget(max_trials=10), 4) == 4
+    assert trial_cap(Budget(max_trials=10), 40) == 10
+    assert trial_cap(Budget(max_trials=10), None) == 10
+
+
+def test_launches_never_go_past_the_grid() -> None:
+    budget = Budget(max_trials=10, parallelism=3)
+    assert launches(budget, tally(0, 2), blocked=False, grid_trials=4) == 2
+    assert launches(budget, tally(1, 4), blocked=False, grid_trials=4) == 0
 
 
 def test_seconds_to_deadline() -> None:

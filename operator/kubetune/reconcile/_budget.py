@@ -15,7 +15,15 @@ from kubetune.status import TrialStateName
 if TYPE_CHECKING:
     from kubetune.spec import Budget
 
-__all__ = ["Stop", "TrialTally", "launches", "seconds_to_deadline", "stop_reason", "tally_trials"]
+__all__ = [
+    "Stop",
+    "TrialTally",
+    "launches",
+    "seconds_to_deadline",
+    "stop_reason",
+    "tally_trials",
+    "trial_cap",
+]
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,22 @@ def tally_trials(states: Mapping[int, TrialStateName], jobs: Iterable[ObservedJo
     )
 
 
+def trial_cap(budget: Budget, grid_trials: int | None) -> int:
+    """The most trials the study asks for: ``maxTrials``, or fewer when a grid runs out."""
+    return budget.max_trials if grid_trials is None else min(budget.max_trials, grid_trials)
+
+
 def stop_reason(
-    budget: Budget, tally: TrialTally, *, gpu_used: float, start_time: datetime, now: datetime
+    budget: Budget,
+    tally: TrialTally,
+    *,
+    gpu_used: float,
+    start_time: datetime,
+    now: datetime,
+    grid_trials: int | None = None,
 ) -> Stop | None:
-    """The first budget rule that stops launches, in order: failures, trials, time, GPUs."""
+    """The first budget rule that stops launches, in order: failures, trials, the grid's end,
+    time, GPUs. ``grid_trials``: the trials a Grid study runs before its points repeat."""
     if budget.max_failed_trials is not None and tally.failed >= budget.max_failed_trials:
         return Stop(
             R.MAX_FAILED_TRIALS_REACHED,
@@ -60,6 +80,12 @@ def stop_reason(
         )
     if tally.asked >= budget.max_trials:
         return Stop(R.MAX_TRIALS_REACHED, f"all {budget.max_trials} trials were launched")
+    if grid_trials is not None and tally.asked >= grid_trials:
+        return Stop(
+            R.SEARCH_SPACE_EXHAUSTED,
+            f"every point of the grid was tried ({grid_trials} trials; "
+            f"maxTrials: {budget.max_trials})",
+        )
     if budget.deadline_seconds is not None and now >= start_time + timedelta(
         seconds=budget.deadline_seconds
     ):
@@ -82,9 +108,12 @@ def seconds_to_deadline(budget: Budget, start_time: datetime, now: datetime) -> 
     return max((end - now).total_seconds(), 0.0)
 
 
-def launches(budget: Budget, tally: TrialTally, *, blocked: bool) -> int:
-    """New trials to launch: the free slots, within ``maxTrials``; none while ``blocked``."""
+def launches(
+    budget: Budget, tally: TrialTally, *, blocked: bool, grid_trials: int | None = None
+) -> int:
+    """New trials to launch: the free slots, within ``maxTrials`` and the grid; none while
+    ``blocked``."""
     if blocked:
         return 0
     free = budget.parallelism - len(tally.occupied)
-    return max(0, min(free, budget.max_trials - tally.asked))
+    return max(0, min(free, trial_cap(budget, grid_trials) - tally.asked))

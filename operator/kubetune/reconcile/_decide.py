@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.jobs import ObservedJob, parse_time
 from kubetune.reconcile._actions import Decision, LaunchTrials
-from kubetune.reconcile._budget import launches, seconds_to_deadline, stop_reason, tally_trials
+from kubetune.reconcile._budget import (
+    launches,
+    seconds_to_deadline,
+    stop_reason,
+    tally_trials,
+    trial_cap,
+)
 from kubetune.reconcile._gpu import gpu_account
 from kubetune.reconcile._observed import ExpectedJob, with_expectations
 from kubetune.reconcile._study import (
@@ -65,11 +71,14 @@ def decide(
     previous_status: Mapping[str, Any] | None = None,
     expected: Collection[ExpectedJob] = (),
     image_pull_grace_seconds: float = DEFAULT_IMAGE_PULL_GRACE_SECONDS,
+    grid_trials: int | None = None,
 ) -> Decision:
     """Compute the actions and the new status for one study (see the package docstring).
 
     ``jobs`` are the study's Jobs as the watch shows them; ``expected`` are Jobs created since
     that the watch has not shown yet (each counts as a live Job of its trial's attempt).
+    ``grid_trials``: for a Grid study, the trials it runs before its points would repeat
+    (``kubetune.sampling.grid_trials``: the core knows no Optuna); None for other samplers.
     """
     prev = dict(previous_status or {})
     jobs = with_expectations(jobs, expected)
@@ -81,9 +90,12 @@ def decide(
     gpu = gpu_account(ledger.trials, jobs, ledger.usage, states, gpus=spec.trial.gpus(), now=now)
     tally = tally_trials(states, jobs)
     start = parse_time(prev.get("startTime")) or now
-    stop = stop_reason(spec.budget, tally, gpu_used=gpu.used, start_time=start, now=now)
+    stop = stop_reason(
+        spec.budget, tally, gpu_used=gpu.used, start_time=start, now=now, grid_trials=grid_trials
+    )
     invalid = spec_changed(spec, ledger)
-    launch = launches(spec.budget, tally, blocked=invalid or stop is not None or spec.suspend)
+    blocked = invalid or stop is not None or spec.suspend
+    launch = launches(spec.budget, tally, blocked=blocked, grid_trials=grid_trials)
     running = len(tally.occupied) + launch
     verdict = study_state(tally, stop, running=running, invalid=invalid, suspended=spec.suspend)
     conditions = study_conditions(
@@ -98,7 +110,7 @@ def decide(
         now=now,
         ledger=projected_ledger(ledger, tells, outcomes.relaunched),
         directions=[o.direction for o in spec.objectives],
-        max_trials=spec.budget.max_trials,
+        max_trials=trial_cap(spec.budget, grid_trials),
         state=verdict.state,
         message=verdict.message,
         conditions=conditions,

@@ -173,6 +173,10 @@ class Cluster:
         try:
             yield
         finally:
+            # Objects stored under the lax schema may break the real one, and then even a
+            # finalizer removal is refused: clear them out while the lax schema still holds.
+            for ns in self.api.list("namespaces"):
+                self._delete_studies(ns["metadata"]["name"])
             install_crds(self.plane)
 
     # ---- between tests ----------------------------------------------------------------------
@@ -193,12 +197,16 @@ class Cluster:
         self._empty("default")
         self.recorder.clear()
 
-    def _empty(self, ns: str) -> None:
+    def _delete_studies(self, ns: str) -> None:
         for study in self.api.list("tuningstudies", ns):
             name = study["metadata"]["name"]
             with contextlib.suppress(ApiError):
                 self.api.patch("tuningstudies", name, {"metadata": {"finalizers": None}}, ns)
+            with contextlib.suppress(ApiError):
                 self.api.delete("tuningstudies", name, ns)
+
+    def _empty(self, ns: str) -> None:
+        self._delete_studies(ns)
         for job in self.api.list("jobs", ns):
             with contextlib.suppress(ApiError):
                 self.api.delete("jobs", job["metadata"]["name"], ns, propagation="Background")

@@ -14,6 +14,17 @@ deadlines, garbage collection and scheduling are the real controllers' work.
 A trial process gets only what the pod spec gives it, plus ``PATH``, ``HOME`` and
 ``KUBETUNE_TERMINATION_LOG`` (where a container would find ``/dev/termination-log``). ``python``
 as ``argv[0]`` is this interpreter (the pod's image would have its own).
+
+``runtime = "podman"`` runs the first container from its ``image`` instead (``--pull=never``:
+an image absent from the local store is ``ErrImagePull``; ``image_aliases`` maps a pod's image
+name to a local one, as a registry mirror would): ``command`` becomes the ``--entrypoint``,
+``args`` follow the image (image defaults where absent), the resolved env goes in through an
+env-file (0600, deleted when the container ends), host network, read-only root with a tmpfs
+``/tmp``, all capabilities dropped, no new privileges, and the termination message file mounted
+at ``terminationMessagePath``. Deletion, eviction and ``oom()`` are ``podman kill`` (TERM, then
+KILL after the grace period; the trainer as PID 1 ignores TERM, as it would in a pod); the
+container is removed when it ends. ``resources.limits`` (cpu, memory) become podman's cgroup
+limits; requests, ``securityContext`` and other volumes are not applied.
 """
 
 from __future__ import annotations
@@ -23,8 +34,10 @@ import contextlib
 import dataclasses
 import fnmatch
 import http.server
+import json
 import os
 import re
+import resource
 import signal
 import ssl
 import subprocess
@@ -40,12 +53,14 @@ from typing import Any
 
 from .kube import JSON, ApiError, KubeApi
 
-__all__ = ["NODE", "InstantResult", "Kubelet"]
+__all__ = ["NODE", "RUNTIMES", "InstantResult", "Kubelet"]
 
 NODE = "kubetune-test-node"
 MESSAGE_LIMIT = 4096
 #: What ``instant`` callbacks return: a termination message, or (exit code, message).
 InstantResult = str | tuple[int, str]
+#: ``Kubelet.runtime``: pods as local processes, or as containers from their image.
+RUNTIMES = ("process", "podman")
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
 
 
@@ -72,6 +87,7 @@ class _Run:
     termination_log: Path
     started: str
     killed: str = ""  # "deleted", "oom"
+    container: str = ""  # the podman container's name (podman runtime)
 
 
 class Kubelet:
@@ -100,6 +116,10 @@ class Kubelet:
         self._gpus = gpus
         self.instant: Callable[[JSON], InstantResult] | None = None
         self.entrypoints: dict[str, list[str]] = {}
+        #: "process" (the first container's command as a local process) or "podman".
+        self.runtime = "process"
+        #: podman runtime: a pod's image name -> the image in the local store.
+        self.image_aliases: dict[str, str] = {}
         self.errors: list[BaseException] = []
         self._runs: dict[str, _Run] = {}
         self._done: set[str] = set()
@@ -133,9 +153,12 @@ class Kubelet:
             self._server.shutdown()
 
     def reset(self) -> None:
-        """Between tests: forget per-test behaviour (instant mode, entrypoints, pull errors)."""
+        """Between tests: forget per-test behaviour (instant mode, entrypoints, pull errors,
+        runtime)."""
         self.instant = None
         self.entrypoints = {}
+        self.runtime = "process"
+        self.image_aliases = {}
         self._pull_errors.clear()
         self.errors.clear()
         if self.capacity["nvidia.com/gpu"] != str(self._gpus):
@@ -232,7 +255,10 @@ class Kubelet:
         if kind == "DELETED":
             if run is not None:
                 run.killed = run.killed or "deleted"
-                _kill(run)
+                if run.container:  # podman kill takes a while: not on the watch thread
+                    self._pool.submit(_kill, run)
+                else:
+                    _kill(run)
             return
         phase = (pod.get("status") or {}).get("phase")
         if pod["metadata"].get("deletionTimestamp"):
@@ -290,7 +316,16 @@ class Kubelet:
             self._write_running(pod, container, run.started)
             self._finish(uid, code)
             return
-        argv, env = self._command(pod, container)
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Kubelet.runtime {self.runtime!r} is not one of {RUNTIMES}")
+        if self.runtime == "podman":
+            image = self._image(container)
+            if not _quiet(["podman", "image", "exists", image]):
+                message = f"image {image!r} is not in the local store (pull never)"
+                self._write_waiting(pod, container, "ErrImagePull", message)
+                return
+            run.container = f"k8s_{container.get('name', 'main')}_{name}_{ns}_{uid[:8]}"
+        argv, env = self._command(pod, container, run)
         if isinstance(env, str) or not argv:
             reason = (
                 "CreateContainerConfigError" if isinstance(env, str) else "CreateContainerError"
@@ -317,6 +352,8 @@ class Kubelet:
             **env,
             "KUBETUNE_TERMINATION_LOG": str(run.termination_log),
         }
+        if run.container:  # podman's own environment; the container's is in the env-file
+            proc_env = {k: os.environ.get(k, "") for k in ("PATH", "HOME")}
         cwd = container.get("workingDir")
         if not cwd or not os.path.isdir(cwd):
             cwd = str(self.workdir)
@@ -337,9 +374,16 @@ class Kubelet:
         self._write_running(pod, container, run.started)
         code = run.proc.wait()
         self._finish(pod["metadata"]["uid"], code)
+        if run.container:
+            _quiet(["podman", "rm", "--force", "--ignore", "--time", "0", run.container])
+            run.log.with_suffix(".env").unlink(missing_ok=True)
 
-    def _command(self, pod: JSON, container: JSON) -> tuple[list[str], dict[str, str] | str]:
+    def _command(
+        self, pod: JSON, container: JSON, run: _Run
+    ) -> tuple[list[str], dict[str, str] | str]:
         env = self._container_env(pod, container)
+        if run.container and not isinstance(env, str):
+            return self._container_argv(container, run, env), env
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
         if not container.get("command"):
             image = container.get("image", "")
@@ -350,6 +394,41 @@ class Kubelet:
         if os.path.basename(argv[0]) in ("python", "python3"):
             argv[0] = sys.executable
         return argv, env
+
+    def _image(self, container: JSON) -> str:
+        image = str(container.get("image", ""))
+        return self.image_aliases.get(image, image)
+
+    def _container_argv(self, container: JSON, run: _Run, env: dict[str, str]) -> list[str]:
+        """``podman run`` for the pod's first container, as a CRI runtime would start it."""
+        env_file = run.log.with_suffix(".env")
+        env_file.touch(mode=0o600)
+        # What an env-file line cannot carry (a line break; a name read as a comment) goes inline.
+        inline = {k: v for k, v in env.items() if "\n" in v or "\r" in v or k[0] in "# \t"}
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k not in inline))
+        run.termination_log.chmod(0o666)  # the image's user is not root
+        message_path = container.get("terminationMessagePath") or "/dev/termination-log"
+        meta = run.pod["metadata"]
+        argv = [
+            *podman_run_prefix(),
+            *("--name", run.container, "--pull=never", "--network", "host"),
+            *("--read-only", "--tmpfs", "/tmp", "--read-only-tmpfs=false"),
+            *("--cap-drop=ALL", "--security-opt", "no-new-privileges"),
+            *("--label", f"io.kubernetes.pod.namespace={meta['namespace']}"),
+            *("--label", f"io.kubernetes.pod.name={meta['name']}"),
+            *("--label", f"io.kubernetes.pod.uid={meta['uid']}"),
+            *("--env-file", str(env_file)),
+            *(a for k, v in inline.items() for a in ("--env", f"{k}={v}")),
+            *("--volume", f"{run.termination_log}:{message_path}:rw"),
+        ]
+        argv += _limit_flags(container)
+        if container.get("workingDir"):
+            argv += ["--workdir", container["workingDir"]]
+        if container.get("command"):
+            command = [expand_vars(a, env) for a in container["command"]]
+            argv += ["--entrypoint", json.dumps(command)]
+        args = [expand_vars(a, env) for a in container.get("args") or []]
+        return [*argv, self._image(container), *args]
 
     def _finish(self, uid: str, code: int) -> None:
         """The process ended: write the pod's terminal status (once)."""
@@ -641,9 +720,76 @@ def _tls_context(pki: Path, workdir: Path) -> ssl.SSLContext:
     return context
 
 
+def podman_run_prefix() -> list[str]:
+    """``podman run --rm`` with what podman needs here: runc, rlimits no higher than ours."""
+
+    def limit(kind: int) -> int:
+        hard = resource.getrlimit(kind)[1]
+        return 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+
+    nofile, nproc = limit(resource.RLIMIT_NOFILE), limit(resource.RLIMIT_NPROC)
+    return [
+        *("podman", "run", "--rm", "--runtime", "runc"),
+        *("--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"),
+    ]
+
+
+_QUANTITY = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_QUANTITY |= {f"{u}i": 1024.0**n for n, u in enumerate("KMGTPE", 1)}
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes quantity (``500m``, ``1``, ``1Gi``, ``512M``) as a number."""
+    for suffix in sorted(_QUANTITY, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _QUANTITY[suffix]
+    return float(text)
+
+
+def _limit_flags(container: JSON) -> list[str]:
+    """``resources.limits`` as the cgroup limits a kubelet sets: a CPU quota, and memory
+    without swap (exceeding it kills the container: exit 137, reported as ``Error``)."""
+    limits = (container.get("resources") or {}).get("limits") or {}
+    flags = []
+    if "cpu" in limits:
+        flags += ["--cpus", f"{_quantity(str(limits['cpu'])):g}"]
+    if "memory" in limits:
+        memory = f"{int(_quantity(str(limits['memory'])))}b"
+        flags += ["--memory", memory, "--memory-swap", memory]
+    return flags
+
+
+def _quiet(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, check=False, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _kill_container(run: _Run, proc: subprocess.Popen[bytes], grace: float) -> None:
+    """``podman kill``: TERM, then KILL after ``grace``; retried while the container is still
+    being created (a kill that finds no running container fails), and if ``podman run`` outlives
+    all that, its process group goes too."""
+    if grace > 0:
+        _quiet(["podman", "kill", "--signal", "TERM", run.container])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        _quiet(["podman", "kill", "--signal", "KILL", run.container])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _kill(run: _Run, grace: float = 0.0) -> None:
     proc = run.proc
     if proc is None or proc.poll() is not None:
+        return
+    if run.container:
+        _kill_container(run, proc, grace)
         return
     with contextlib.suppress(ProcessLookupError):
         if grace > 0:

@@ -30,7 +30,7 @@ from aiohttp import web
 
 __all__ = ["FaultProxy", "FaultRule", "Faults", "RequestRecord", "write_kubeconfig"]
 
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,12 +258,12 @@ class FaultProxy:
             headers=headers,
             data=body or None,
             ssl=context,
-            skip_auto_headers=("Content-Type",),
+            skip_auto_headers=("Content-Type", "Accept-Encoding"),
         ) as upstream:
             self._log(record, upstream.status)
             answer = web.StreamResponse(status=upstream.status)
             for key, value in upstream.headers.items():
-                if key.lower() not in _HOP_HEADERS and key.lower() != "content-encoding":
+                if key.lower() not in _HOP_HEADERS:  # Content-Encoding too: the body stays as sent
                     answer.headers[key] = value
             await answer.prepare(request)
             async for chunk in upstream.content.iter_any():

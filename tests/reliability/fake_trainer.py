@@ -2,7 +2,10 @@
 
 The value is a deterministic function of the parameters, so a trial told twice or a result
 lost would show up as a count mismatch, not as noise. Options (argv): ``--steps N``,
-``--sleep S`` (seconds per step), ``--exit CODE`` (a user error after the steps).
+``--sleep S`` (seconds per step), ``--exit CODE`` (a user error after the steps),
+``--hold DIR --hold-trials 1,3 --hold-at K``: the listed trials, after reporting step K, touch
+``DIR/reached-<trial>`` and wait until ``DIR/release`` exists (so a test can be sure a trial is
+mid-flight when it starts a fault, and choose when it goes on).
 Reporter mode uses ``kubetune.trial``; TerminationMessage mode writes the message file.
 """
 
@@ -36,7 +39,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--sleep", type=float, default=0.1)
     parser.add_argument("--exit", type=int, default=0)
+    parser.add_argument("--hold", default="")
+    parser.add_argument("--hold-trials", default="")
+    parser.add_argument("--hold-at", type=int, default=0)
     args = parser.parse_args(argv)
+    number = os.environ.get("KUBETUNE_TRIAL_NUMBER", "")
+    holding = bool(args.hold) and number in args.hold_trials.split(",")
     params = trial.params()
     final = value_of(params)
     reporter = bool(os.environ.get("KUBETUNE_REPORT_URL"))
@@ -45,6 +53,8 @@ def main(argv: list[str]) -> int:
         if reporter and trial.report(final * (step + 1) / args.steps, step):
             trial.pruned()
             return 0
+        if holding and step == args.hold_at:
+            hold(args.hold, number)
     if args.exit:
         print(f"fake trainer failing on purpose with exit code {args.exit}", file=sys.stderr)
         return int(args.exit)
@@ -55,6 +65,13 @@ def main(argv: list[str]) -> int:
         with open(path, "w") as out:
             json.dump({"values": [final]}, out)
     return 0
+
+
+def hold(folder: str, number: str) -> None:
+    with open(os.path.join(folder, f"reached-{number}"), "w"):
+        pass
+    while not os.path.exists(os.path.join(folder, "release")):
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,16 @@
 
 The operator must say so (``StorageReachable=False``), back off, resume when the database is
 back, and lose nothing: trainers' reports made during the outage are retried by the SDK.
+
+The precondition is arranged, not hoped for: trial 1 holds after its first step until the test
+releases it in the middle of the outage, so it is running when PostgreSQL dies, reports its
+remaining steps while the database is down, and completes after it is back.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from harness import PostgresServer
 from reliability.checks import CRASH_REASONS, assert_exact_accounting
@@ -19,17 +24,22 @@ SDK_RETRY_SECONDS = 35.0
 
 
 def test_postgres_down_mid_study_loses_no_result(
-    operator_world: World, postgres_server: PostgresServer
+    operator_world: World, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     world = operator_world
-    world.apply(study_manifest("pgdown", max_trials=6, parallelism=2, steps=STEPS, sleep=0.4))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    manifest = study_manifest(
+        "pgdown", max_trials=6, parallelism=2, steps=STEPS, sleep=0.1, hold=(gate, "1", 0)
+    )
+    world.apply(manifest)
     world.wait(
         lambda: (
-            (world.status("pgdown").get("trials") or {}).get("completed", 0) >= 1
-            and (world.status("pgdown").get("trials") or {}).get("running", 0) >= 1
+            (gate / "reached-1").exists()
+            and (world.status("pgdown").get("trials") or {}).get("completed", 0) >= 1
         ),
-        60,
-        "no trial completed while another ran",
+        90,
+        "trial 1 never reached its hold point beside a completed trial",
     )
     outage_start = datetime.now(UTC)
     postgres_server.stop("immediate")  # a crash: no shutdown checkpoint, connections cut
@@ -47,8 +57,11 @@ def test_postgres_down_mid_study_loses_no_result(
         assert "unreachable" in cond["message"]
         ready = world.condition("pgdown", "Ready")
         assert ready is not None and ready["status"] == "False"
-        wait_seconds(OUTAGE_SECONDS)
+        wait_seconds(OUTAGE_SECONDS / 2)
+        (gate / "release").touch()  # trial 1 reports its remaining steps into the outage
+        wait_seconds(OUTAGE_SECONDS / 2)
     finally:
+        (gate / "release").touch()
         postgres_server.start()
     outage_end = datetime.now(UTC)
 
@@ -76,6 +89,6 @@ def test_postgres_down_mid_study_loses_no_result(
         and t.datetime_start.replace(tzinfo=UTC) < outage_start
         and t.datetime_complete.replace(tzinfo=UTC) > outage_end
     ]
-    assert spanning, "no trial ran through the outage: the test did not test the retries"
+    assert 1 in [t.number for t in spanning], "trial 1 was held through the outage by design"
     reach = world.condition("pgdown", "StorageReachable")
     assert reach is not None and reach["status"] == "True"

@@ -18,7 +18,9 @@ control plane of their own (``KUBETUNE_BENCH_K8S_PORT_BASE``, default 29000).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -207,14 +209,23 @@ class Bench:
     namespace: str = "default"
     operator: subprocess.Popen[bytes] | None = None
     operator_log: Path | None = None
+    trace: Path | None = None
 
     @property
     def storage_url(self) -> str:
         return str(self.pg.url(self.database))
 
-    def start_operator(self, extra_env: Mapping[str, str] | None = None) -> None:
+    def start_operator(
+        self, extra_env: Mapping[str, str] | None = None, *, trace: Path | None = None
+    ) -> None:
         """``python -m kopf run --standalone -A -m kubetune.handlers`` in its own process,
-        talking to the apiserver through the recording proxy."""
+        talking to the apiserver through the recording proxy.
+
+        With ``trace`` (a file), the module is ``benchmarks._traced_operator`` instead: the
+        same handlers, with the calls of a reconcile pass timed into that file.
+        """
+        module = "kubetune.handlers" if trace is None else "benchmarks._traced_operator"
+        self.trace = trace
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -223,8 +234,9 @@ class Bench:
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_REPORT_PORT": "0",
             "PYTHONPATH": os.pathsep.join(
-                [str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]
+                [str(REPO / "operator"), str(REPO), os.environ.get("PYTHONPATH", "")]
             ),
+            **({"KUBETUNE_BENCH_TRACE": str(trace)} if trace is not None else {}),
             **(extra_env or {}),
         }
         self.operator_log = self.workdir / "operator.log"
@@ -238,7 +250,7 @@ class Bench:
                     "--standalone",
                     "-A",
                     "-m",
-                    "kubetune.handlers",
+                    module,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -501,13 +513,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def warm_up(bench: Bench, timeout: float = 60.0) -> None:
+def warm_up(bench: Bench, timeout: float = 60.0, trace: Path | None = None) -> None:
     """Start the operator and run a 2-trial study through it, so imports and caches are warm.
 
     Raises ``RuntimeError`` with the operator's log tail when nothing happens in time.
     """
     if bench.operator is None:
-        bench.start_operator()
+        bench.start_operator(trace=trace)
     bench.create_study(study_manifest("warm-up", max_trials=2, parallelism=2))
     if not wait_until(lambda: bench.finished_trials("warm-up") >= 2, timeout, 0.1):
         raise RuntimeError(
@@ -697,3 +709,65 @@ def profile_summary(
     if not total:
         return []
     return sorted(((k, v / total) for k, v in counts.items()), key=lambda kv: -kv[1])
+
+
+def trace_summary(path: Path, study: str) -> dict[str, Any]:
+    """Where one study's reconcile passes spent their wall-clock time (``--trace``).
+
+    ``study`` is ``namespace/label``. Per call kind: count, p50 and mean ms, and ms per pass;
+    for passes: how many, how many launched or told something, their p50/p95 duration, and
+    the wait between the first wake-up after a pass started and the next pass's start (an
+    event that arrives during a pass waits for it to end).
+    """
+    from benchmarks._common import percentile
+
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    passes = sorted((e for e in events if e["k"] == "pass" and e["s"] == study), key=_t)
+    wakes = sorted(e["t"] for e in events if e["k"] == "wake" and e["s"] == study)
+    others = sorted((e for e in events if e["k"] not in ("pass", "wake")), key=_t)
+    starts = [e["t"] for e in others]
+    inside: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    busy = []
+    for p in passes:
+        lo, hi = bisect.bisect_left(starts, p["t"]), bisect.bisect_right(starts, p["t"] + p["d"])
+        calls = others[lo:hi]
+        acted = any(c["k"] == "decide" and c.get("actions") for c in calls)
+        if acted:
+            busy.append(p)
+        for c in calls:
+            inside[c["k"]].append(c)
+    waits = []
+    for prev, nxt in itertools.pairwise(passes):
+        woken = [w for w in wakes if prev["t"] <= w <= nxt["t"]]
+        if woken:
+            waits.append(nxt["t"] - woken[0])
+    ms = lambda xs: [1000 * x for x in xs]  # noqa: E731
+    calls_out = {}
+    for kind, items in sorted(inside.items()):
+        d = ms([c["d"] for c in items])
+        q = ms([c.get("queued", 0.0) for c in items])
+        calls_out[kind] = {
+            "count": len(items),
+            "p50_ms": percentile(d, 50),
+            "mean_ms": sum(d) / len(d),
+            "queued_mean_ms": sum(q) / len(q),
+            "ms_per_pass_that_acted": sum(d) / len(busy) if busy else math.nan,
+        }
+    launches = [c.get("launches", 0) for c in inside.get("decide", []) if c.get("launches")]
+    return {
+        "passes": len(passes),
+        "passes_that_acted": len(busy),
+        "pass_p50_ms": percentile(ms([p["d"] for p in passes]), 50),
+        "acting_pass_p50_ms": percentile(ms([p["d"] for p in busy]), 50),
+        "acting_pass_p95_ms": percentile(ms([p["d"] for p in busy]), 95),
+        "idle_pass_p50_ms": percentile(ms([p["d"] for p in passes if p not in busy]), 50),
+        "wakes": len(wakes),
+        "wake_to_pass_p50_ms": percentile(ms(waits), 50),
+        "wake_to_pass_p95_ms": percentile(ms(waits), 95),
+        "launches_per_launching_pass_mean": sum(launches) / len(launches) if launches else 0,
+        "calls": calls_out,
+    }
+
+
+def _t(event: Mapping[str, Any]) -> float:
+    return float(event["t"])

@@ -45,13 +45,19 @@ HISTOGRAMS = (
 
 
 def run(
-    size: str, pg: Any = None, profile: Path | None = None, cluster: Any = None
+    size: str,
+    pg: Any = None,
+    profile: Path | None = None,
+    cluster: Any = None,
+    trace: Path | None = None,
 ) -> dict[str, Any]:
     """Run at ``size``; ``pg`` is a running ``PostgresServer`` to reuse (else one is started),
     ``cluster`` the tests' running cluster (else a control plane of its own is started).
 
     With ``profile`` (a folder), py-spy samples the operator during each measured study and
-    writes ``launch_latency-<sampler>-p<parallelism>.pyspy.txt`` there.
+    writes ``launch_latency-<sampler>-p<parallelism>.pyspy.txt`` there. With ``trace`` (a
+    file), the operator runs with timing wrappers (``benchmarks._traced_operator``) and each
+    study's reconcile passes are broken down call by call.
     """
     from benchmarks import _cluster
 
@@ -68,7 +74,7 @@ def run(
             "next Job first seen (both from one watch stream)",
         )
         print_conditions(info)
-        _cluster.warm_up(bench)
+        _cluster.warm_up(bench, trace=trace)
         for sampler, parallelism, trials in runs:
             name = f"latency-{sampler.lower()}-p{parallelism}"
             spy = None
@@ -96,6 +102,9 @@ def run(
                 h: _cluster.histogram(after, f"kubetune_{h}", minus=before) for h in HISTOGRAMS
             }
             hot = _cluster.profile_summary(spy) if spy is not None else []
+            traced = (
+                _cluster.trace_summary(trace, bench.study_key(name)) if trace is not None else {}
+            )
             row = {
                 "sampler": sampler,
                 "parallelism": parallelism,
@@ -109,6 +118,7 @@ def run(
                 "study": study,
                 "operator_histograms": hists,
                 "profile_top": hot[:40],
+                "trace": traced,
                 "target_met": (p50 <= 100 and p99 <= 500) if ms else False,
             }
             rows.append(row)
@@ -168,6 +178,9 @@ def run(
             print(f"\nWhere the operator spends CPU, {r['sampler']} p{r['parallelism']} (py-spy):")
             for function, share in r["profile_top"][:25]:
                 print(f"  {share:6.1%}  {function}")
+    for r in rows:
+        if r["trace"]:
+            _print_trace(r)
     if profile is not None and not any(r["profile_top"] for r in rows):
         print("\nNo profile: install py-spy (pip install py-spy) to sample the operator.")
     return {
@@ -191,6 +204,26 @@ def run(
     }
 
 
+def _print_trace(row: dict[str, Any]) -> None:
+    t = row["trace"]
+    per_pass = "ms_per_pass_that_acted"
+    print(
+        f"\nReconcile passes, {row['sampler']} p{row['parallelism']} (wall-clock, traced): "
+        f"{t['passes']} passes, {t['passes_that_acted']} acted; acting pass p50/p95 "
+        f"{t['acting_pass_p50_ms']:.0f}/{t['acting_pass_p95_ms']:.0f} ms, idle pass p50 "
+        f"{t['idle_pass_p50_ms']:.0f} ms; wake-up -> pass start p50/p95 "
+        f"{t['wake_to_pass_p50_ms']:.0f}/{t['wake_to_pass_p95_ms']:.0f} ms; "
+        f"{t['launches_per_launching_pass_mean']:.1f} launches per launching pass"
+    )
+    print_table(
+        ["call", "count", "p50 ms", "mean ms", "queued mean ms", "ms per acting pass"],
+        [
+            [k, v["count"], v["p50_ms"], v["mean_ms"], v["queued_mean_ms"], v[per_pass]]
+            for k, v in t["calls"].items()
+        ],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     exit_cleanly_on_sigterm()
     p = parser(__doc__.splitlines()[0])
@@ -199,11 +232,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="sample the operator with py-spy and print where its CPU goes",
     )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="time each call of the operator's reconcile passes (wall-clock, not CPU)",
+    )
     args = p.parse_args(argv)
     profile = args.out if args.profile else None
     if profile is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    result = run(size_name(args), profile=profile)
+    trace = None
+    if args.trace:
+        args.out.mkdir(parents=True, exist_ok=True)
+        trace = args.out / f"{NAME}-operator-trace.jsonl"
+        trace.unlink(missing_ok=True)
+    result = run(size_name(args), profile=profile, trace=trace)
     path = write_result(args.out, NAME, result)
     print(f"\nResult written to {path}")
     return result

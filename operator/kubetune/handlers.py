@@ -275,6 +275,12 @@ async def startup(**kwargs: Any) -> None:
         config = OperatorConfig.from_env()
     settings.posting.loggers = False  # Events are posted explicitly, with CamelCase reasons
     settings.persistence.finalizer = "kubetune.io/finalizer"
+    # Level-based handlers need no diff of the spec; kopf's default diff base copies the whole
+    # spec into an annotation, and a large spec overflows the apiserver's 256 KiB limit on
+    # annotations (then kopf can neither add nor remove the finalizer: the study is stuck).
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        ignored_fields=["spec"]
+    )
     registry = getattr(memo, "registry", None)
     if not isinstance(registry, CollectorRegistry):
         registry = CollectorRegistry()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harness import ApiError
@@ -214,6 +214,9 @@ def hostile_world(request: pytest.FixtureRequest, operator_world: World) -> Iter
     max_examples=BATCHES,
     deadline=None,
     database=None,
+    # No shrinking: each example is a batch applied to a real cluster (seconds); the failing
+    # batch and the operator's log say enough.
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,

@@ -56,6 +56,7 @@ from kubetune.reconcile import (
     LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
+    SuspendJob,
     Tell,
     decide,
     describe_error,
@@ -174,6 +175,13 @@ class KubeApi:
             self._batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except self._exc as e:
             if e.status != 404:
+                raise
+
+    def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
+        try:
+            self._batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+        except self._exc as e:
+            if e.status != 404:  # gone meanwhile: nothing to suspend or resume
                 raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -959,6 +967,15 @@ async def _apply(
             await asyncio.to_thread(rt.api.delete_job, namespace, a.name)
             logger.info(
                 "Deleted Job study=%s/%s job=%s reason=%s", namespace, name, a.name, a.reason
+            )
+        elif isinstance(a, SuspendJob):
+            await asyncio.to_thread(rt.api.suspend_job, namespace, a.name, a.suspend)
+            logger.info(
+                "%s Job study=%s/%s job=%s",
+                "Suspended" if a.suspend else "Resumed",
+                namespace,
+                name,
+                a.name,
             )
     for a in decision.actions:
         if isinstance(a, LaunchTrials):

@@ -8,8 +8,11 @@ file named by ``KUBETUNE_TERMINATION_LOG``.
 
 A trial that crashes, hangs past ``activeDeadlineSeconds``, exits without a result or writes
 garbage becomes a FAIL trial with ``kubetune:fail_reason`` and ``kubetune:stderr_tail``; the
-study goes on. Ctrl-C (or SIGTERM) stops the running trials, fails them with reason
-``Interrupted`` and returns exit code 130 with the storage intact.
+study goes on. The study ends on the operator's rules (docs/architecture.md, "How a study
+ends"): ``maxFailedTrials`` and ``deadlineSeconds`` also stop the running trials (reason
+``StudyStopped``), a Grid study ends once every point was tried (``SearchSpaceExhausted``).
+Ctrl-C (or SIGTERM) stops the running trials, fails them with reason ``Interrupted`` and
+returns exit code 130 with the storage intact.
 
 Local-mode specifics: the namespace is ``local`` unless the manifest names one; the Optuna
 study is named after ``metadata.name``; ``deadlineSeconds`` counts from the study's first
@@ -497,6 +500,11 @@ class _Runner:
             self.server = None
 
 
+def _halts(reason: str) -> bool:
+    """Whether the stop ends the running trials too (the operator's ``Stop.halts``)."""
+    return reason.startswith((reasons.MAX_FAILED_TRIALS_REACHED, reasons.DEADLINE_REACHED))
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -654,6 +662,13 @@ def run_local(
                     ours_running=len(runner.running),
                     elapsed_seconds=runner.elapsed(),
                 )
+                if decision.reason and runner.running and _halts(decision.reason):
+                    # As in the operator: failures and the deadline end the running trials too.
+                    runner.stop_all(
+                        f"{reasons.STUDY_STOPPED}: the study stopped ({decision.reason})"
+                    )
+                    changed = True
+                    continue
                 if decision.done:
                     reason = decision.reason
                     if exhausts and reason.startswith(reasons.MAX_TRIALS_REACHED):

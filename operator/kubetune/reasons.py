@@ -44,10 +44,12 @@ __all__ = [
     "STUDY_DELETED",
     "STUDY_FAILED",
     "STUDY_STARTED",
+    "STUDY_STOPPED",
     "STUDY_SUCCEEDED",
     "STUDY_SUSPENDED",
     "TRIALS_IN_PROGRESS",
     "TRIALS_RUNNING",
+    "TRIALS_STOPPED",
     "TRIAL_COMPLETED",
     "TRIAL_FAILED",
     "TRIAL_LAUNCHED",
@@ -110,6 +112,8 @@ TRIAL_RETRIED = "TrialRetried"
 TRIAL_COMPLETED = "TrialCompleted"
 TRIAL_PRUNED = "TrialPruned"
 TRIAL_FAILED = "TrialFailed"
+#: The study stopped (a budget rule or its goal) and ended its running trials.
+TRIALS_STOPPED = "TrialsStopped"
 
 # Trial fail reasons (stored in the ledger as ``kubetune:fail_reason``; also ImagePullFailed).
 EXIT_CODE = "ExitCode"
@@ -121,3 +125,5 @@ NO_RESULT = "NoResult"
 ASK_INTERRUPTED = "AskInterrupted"
 JOB_REJECTED = "JobRejected"
 STUDY_DELETED = "StudyDeleted"
+#: A running trial ended because its study stopped (also the reason its Job is deleted).
+STUDY_STOPPED = "StudyStopped"

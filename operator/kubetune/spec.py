@@ -570,19 +570,24 @@ class Budget(_Model):
     max_trials: int = Field(20, ge=1, le=100000, description="Trials to run in all.")
     parallelism: int = Field(1, ge=1, le=1000, description="Trials running at once.")
     max_failed_trials: int | None = Field(
-        None, ge=1, le=100000, description="Mark the study Failed after this many failed trials."
+        None,
+        ge=1,
+        le=100000,
+        description="Mark the study Failed after this many failed trials; its running trials "
+        "are stopped.",
     )
     deadline_seconds: int | None = Field(
         None,
         ge=1,
         le=MAX_JSON_INT,
-        description="Launch no trial after this many seconds from the study's start.",
+        description="End the study this many seconds after its start; running trials are stopped.",
     )
     max_gpu_seconds: int | None = Field(
         None,
         ge=1,
         le=MAX_JSON_INT,
-        description="Launch no trial once the study has used this many GPU-seconds.",
+        description="End the study once it has used this many GPU-seconds; running trials are "
+        "stopped.",
     )
 
 
@@ -846,7 +851,10 @@ class TuningStudySpec(_Model):
         },
     )
     suspend: bool = Field(
-        False, description="Launch no new trials while true; running trials finish."
+        False,
+        description="While true, launch no new trials and suspend the running trials' Jobs "
+        "(their pods are deleted; false starts them again from the beginning). With queueName "
+        "the Jobs are Kueue's to suspend: then only new launches wait.",
     )
     trial: TrialSpec = Field(description="How each trial runs.")
 

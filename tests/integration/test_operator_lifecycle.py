@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from operator_fixtures import (
     by_state,
@@ -157,3 +158,94 @@ def test_a_grid_study_ends_when_every_point_was_tried(
         (0.01, "adamw"), (0.01, "sgd"), (0.1, "adamw"), (0.1, "sgd"),
     ]  # fmt: skip
     assert len(jobs(cluster, "grid")) == 4
+
+
+# --- item 2: a study that stops, stops its trials ----------------------------------------------
+
+
+def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
+    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+) -> None:
+    manifest = study_manifest(
+        "budget",
+        trainer_file(tmp_path),
+        mode="wait",
+        max_trials=4,
+        parallelism=2,
+        extra_env={"GO_FILE": str(tmp_path / "never")},
+    )
+    manifest["spec"]["budget"]["maxGpuSeconds"] = 6
+    container = manifest["spec"]["trial"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", manifest, NS)
+        final = wait_state(cluster, "budget", "Failed", timeout=60)
+        cluster.api.wait_for(lambda: "TrialsStopped" in reasons_of(cluster, "budget"))
+        cluster.api.wait_for(lambda: jobs(cluster, "budget") == [], message="Jobs left")
+        cluster.api.wait_for(lambda: cluster.kubelet.running_processes() == 0)
+    assert runner.exit_code == 0, runner.output[-3000:]
+
+    failed = condition(cluster, "budget", "Failed")
+    assert failed["reason"] == "GpuBudgetExhausted"
+    trials = optuna_trials(operator_env_vars, final)
+    assert by_state(trials) == {"FAIL": 2}
+    for t in trials:
+        assert t.user_attrs["kubetune:fail_reason"] == "StudyStopped"
+        assert "GpuBudgetExhausted" in t.user_attrs["kubetune:fail_message"]
+    # The stopped trials' GPU time is settled in the ledger, and the status shows it.
+    study = optuna.load_study(study_name=final["optunaStudyName"], storage=operator_env_vars)
+    usage = study.user_attrs["kubetune:usage"]
+    assert sorted(usage) == ["0", "1"]
+    assert all(seconds > 0 for _, seconds in usage.values())
+    assert final["gpuSeconds"]["used"] >= 6
+    assert final["gpuSeconds"]["used"] == pytest.approx(sum(s for _, s in usage.values()), 0.01)
+    assert reasons_of(cluster, "budget").count("TrialsStopped") == 1
+    assert "TrialFailed" not in reasons_of(cluster, "budget")  # one Event, not one per trial
+
+
+def test_suspend_suspends_the_running_jobs_and_resume_runs_them_again(
+    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    manifest = study_manifest(
+        "pause",
+        trainer_file(tmp_path),
+        mode="wait",
+        max_trials=2,
+        parallelism=2,
+        extra_env={"GO_FILE": str(go)},
+    )
+
+    def suspended_jobs() -> list[bool]:
+        return [bool(j["spec"].get("suspend")) for j in jobs(cluster, "pause")]
+
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", manifest, NS)
+        cluster.api.wait_for(
+            lambda: cluster.kubelet.active_pod("pause-0") and cluster.kubelet.active_pod("pause-1"),
+            message="the trial pods never ran",
+        )
+        cluster.api.patch("tuningstudies", "pause", {"spec": {"suspend": True}}, NS)
+        paused = wait_state(cluster, "pause", "Suspended")
+        cluster.api.wait_for(lambda: suspended_jobs() == [True, True], message="not suspended")
+        # The Job controller deleted the pods: nothing runs, yet no trial failed.
+        cluster.api.wait_for(lambda: cluster.kubelet.running_processes() == 0)
+        during = by_state(optuna_trials(operator_env_vars, status(cluster, "pause")))
+        cluster.api.patch("tuningstudies", "pause", {"spec": {"suspend": False}}, NS)
+        cluster.api.wait_for(lambda: suspended_jobs() == [False, False], message="not resumed")
+        cluster.api.wait_for(
+            lambda: cluster.kubelet.active_pod("pause-0") and cluster.kubelet.active_pod("pause-1"),
+            message="the resumed Jobs never ran a pod again",
+        )
+        go.touch()
+        final = wait_state(cluster, "pause", "Succeeded")
+    assert runner.exit_code == 0, runner.output[-3000:]
+
+    assert paused["trials"]["running"] == 2
+    assert condition(cluster, "pause", "Suspended")["status"] == "False"
+    assert during == {"RUNNING": 2}
+    assert final["trials"] == {
+        "total": 2, "running": 0, "completed": 2, "pruned": 0, "failed": 0, "retried": 0,
+    }  # fmt: skip
+    assert by_state(optuna_trials(operator_env_vars, final)) == {"COMPLETE": 2}
+    assert sorted(j["metadata"]["name"] for j in jobs(cluster, "pause")) == ["pause-0", "pause-1"]

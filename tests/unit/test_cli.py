@@ -145,3 +145,35 @@ def test_a_local_grid_study_ends_when_every_point_was_tried(
         (0.1, 1), (0.1, 2), (0.2, 1), (0.2, 2),
     ]  # fmt: skip
     assert {t.state.name for t in trials} == {"COMPLETE"}
+
+
+def test_a_local_study_that_stops_on_failures_stops_its_running_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 0 fails at once; trial 1 would run for minutes: maxFailedTrials 1 stops it."""
+    manifest = local_manifest(
+        tmp_path,
+        name="halt",
+        space=[{"name": "lr", "float": {"low": 0.1, "high": 0.2}}],
+        sampler={"type": "Random", "seed": 1},
+        budget={"maxTrials": 4, "parallelism": 2, "maxFailedTrials": 1},
+    )
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["trial"]["template"]["spec"]["containers"][0]["command"] = [
+        "python",
+        "-c",
+        "import os, sys, time\n"
+        "if os.environ['KUBETUNE_TRIAL_NUMBER'] == '0': sys.exit(3)\n"
+        "time.sleep(600)",
+    ]
+    manifest.write_text(yaml.safe_dump(doc))
+    storage = f"sqlite:///{tmp_path}/halt.db"
+    assert main(["run", str(manifest), "--storage", storage]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Stopped: MaxFailedTrialsReached" in out
+    trials = optuna.load_study(study_name="halt", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert trials[0].user_attrs["kubetune:fail_reason"].startswith("ExitCode")
+    assert trials[1].user_attrs["kubetune:fail_reason"] == (
+        "StudyStopped: the study stopped (MaxFailedTrialsReached: 1 trials failed)"
+    )

@@ -101,6 +101,7 @@ def test_reconcile_api_is_what_the_shell_and_ledger_use() -> None:
         "LaunchTrials",
         "RecordUsage",
         "RelaunchAttempt",
+        "SuspendJob",
         "Tell",
         "decide",
         "describe_error",

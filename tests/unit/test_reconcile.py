@@ -25,6 +25,7 @@ from kubetune.reconcile import (
     LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
+    SuspendJob,
     Tell,
     decide,
     spec_hash,
@@ -133,6 +134,9 @@ class World:
                 self.jobs.pop(a.name, None)
             elif isinstance(a, RecordUsage):
                 self.usage[a.trial] = TrialUsage(a.attempts, a.gpu_seconds)
+            elif isinstance(a, SuspendJob) and a.name in self.jobs:
+                phase: JobPhase = "Suspended" if a.suspend else "Active"
+                self.jobs[a.name] = dataclasses.replace(self.jobs[a.name], phase=phase)
         self.status = d.status
         running = {n for n, t in self.trials.items() if t.state == "RUNNING"}
         running |= {j.trial for j in self.jobs.values() if j.phase == "Active"}
@@ -386,33 +390,115 @@ def test_max_failed_trials_fails_the_study() -> None:
     assert not any(e.reason == R.STUDY_FAILED for e in final.events)  # posted once
 
 
-def test_deadline_stops_launches_and_finishes_after_running_trials() -> None:
-    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 1, "deadlineSeconds": 100}))
+def test_deadline_stops_the_study_and_its_running_trials() -> None:
+    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 2, "deadlineSeconds": 100}))
     d = world.step()
     assert d.requeue_after == pytest.approx(100)
-    world.now += timedelta(seconds=150)
-    d = world.step()
-    assert of_type(d, LaunchTrials) == [] and d.state == "Running"
-    assert d.status["conditions"][0]["reason"] == R.DEADLINE_REACHED
+    world.now += timedelta(seconds=40)
     world.report(0, "COMPLETE", 0.3)
     world.finish(0)
+    world.step()  # trial 2 takes the free slot at 40 s
+    world.now += timedelta(seconds=110)  # 150 s: trials 1 (150 s run) and 2 (110 s) still run
     d = world.step()
-    assert d.state == "Succeeded"
-    assert d.status["conditions"][0]["reason"] == R.DEADLINE_REACHED
+    message = "the study stopped (DeadlineReached): the study ran for deadlineSeconds (100)"
+    assert of_type(d, Tell) == [
+        Tell(1, "FAIL", None, R.STUDY_STOPPED, message),
+        Tell(2, "FAIL", None, R.STUDY_STOPPED, message),
+    ]
+    assert of_type(d, DeleteJob) == [
+        DeleteJob("demo-1", R.STUDY_STOPPED),
+        DeleteJob("demo-2", R.STUDY_STOPPED),
+    ]
+    # Their GPU time up to now is settled (1 GPU each), so nothing of it is lost.
+    assert of_type(d, RecordUsage) == [RecordUsage(1, 1, 150.0), RecordUsage(2, 1, 110.0)]
+    assert of_type(d, LaunchTrials) == []
+    assert d.state == "Succeeded"  # at once: no trial runs any more
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["Succeeded"]["reason"] == R.DEADLINE_REACHED
+    assert d.status["trials"]["failed"] == 2 and d.status["trials"]["running"] == 0
+    assert d.status["gpuSeconds"]["used"] == pytest.approx(40 + 150 + 110)
+    reasons = [e.reason for e in d.events]
+    assert reasons == [R.TRIALS_STOPPED, R.STUDY_SUCCEEDED]  # one Event, not one per trial
+    assert d.events[0].message.startswith("Stopped 2 running trials (1, 2) and deleted 2 Jobs")
+    final = assert_settled(world)
+    assert final.status["gpuSeconds"] == d.status["gpuSeconds"]
+    assert final.state == "Succeeded"
 
 
-def test_gpu_budget_stops_launches() -> None:
+def test_gpu_budget_stops_the_study_and_its_running_trial() -> None:
     world = World(make_spec(budget={"maxTrials": 10, "parallelism": 1, "maxGpuSeconds": 50}))
     world.step()
     world.now += timedelta(seconds=60)  # 60 s x 1 GPU on the running Job
     d = world.step()
-    assert d.status["gpuSeconds"]["used"] == pytest.approx(60)
+    assert of_type(d, LaunchTrials) == []
+    (tell,) = of_type(d, Tell)
+    assert (tell.trial, tell.state, tell.reason) == (0, "FAIL", R.STUDY_STOPPED)
+    assert "GpuBudgetExhausted" in tell.message
+    assert d.state == "Failed"  # no trial completed
+    assert world.usage[0] == TrialUsage(1, 60.0)
+    assert world.jobs == {}
+    assert assert_settled(world).status["gpuSeconds"]["used"] == pytest.approx(60)
+
+
+def test_a_halted_trial_is_neither_retried_nor_given_a_missing_job() -> None:
+    """Deadline passed in the same pass as a disruption and a lost Job: both trials just stop."""
+    world = World(make_spec(budget={"maxTrials": 10, "parallelism": 2, "deadlineSeconds": 100}))
+    world.step()
+    world.now += timedelta(seconds=120)
+    world.finish(0, phase="Failed", failure="Disruption")
+    del world.jobs["demo-1"]
+    d = world.step()
+    assert of_type(d, RelaunchAttempt) == [] and of_type(d, CreateJob) == []
+    assert {(t.trial, t.reason) for t in of_type(d, Tell)} == {
+        (0, R.STUDY_STOPPED),
+        (1, R.STUDY_STOPPED),
+    }
+    assert of_type(d, DeleteJob) == []  # no live Job left to stop
+    # Trial 0's disrupted attempt is settled as usual: 120 s.
+    assert of_type(d, RecordUsage) == [RecordUsage(0, 1, 120.0)]
+    assert not any(e.reason == R.TRIAL_RETRIED for e in d.events)
+    assert d.state == "Failed"
+    assert_settled(world)
+
+
+def test_max_trials_lets_the_running_trials_finish() -> None:
+    world = World(make_spec(budget={"maxTrials": 2, "parallelism": 2}))
+    world.step()
     world.report(0, "COMPLETE", 0.3)
     world.finish(0)
     d = world.step()
-    assert of_type(d, LaunchTrials) == []
-    assert d.state == "Succeeded"
-    assert world.usage[0] == TrialUsage(1, 60.0)
+    assert of_type(d, Tell) == [] and of_type(d, DeleteJob) == []
+    assert d.state == "Running" and world.running_jobs() == ["demo-1"]
+
+
+def test_suspend_suspends_the_running_jobs_and_resume_resumes_them() -> None:
+    world = World(make_spec())
+    world.step()
+    world.spec = make_spec(suspend=True)
+    d = world.step()
+    assert of_type(d, SuspendJob) == [SuspendJob("demo-0", True), SuspendJob("demo-1", True)]
+    assert of_type(d, LaunchTrials) == [] and d.state == "Suspended"
+    assert [j.phase for j in world.jobs.values()] == ["Suspended", "Suspended"]
+    settled = assert_settled(world)
+    assert settled.status["trials"]["running"] == 2  # they hold their slots
+    world.spec = make_spec(suspend=False)
+    d = world.step()
+    assert of_type(d, SuspendJob) == [SuspendJob("demo-0", False), SuspendJob("demo-1", False)]
+    assert of_type(d, LaunchTrials) == []  # the slots are still theirs
+    assert d.state == "Running"
+
+
+def test_suspend_leaves_kueue_and_finished_trials_alone() -> None:
+    queued = make_spec(suspend=True, trial={"queueName": "gpus"})
+    world = World(make_spec(trial={"queueName": "gpus"}))
+    world.step()
+    world.spec = queued
+    assert of_type(world.step(), SuspendJob) == []  # Kueue owns spec.suspend of its Jobs
+    world = World(make_spec())
+    world.step()
+    world.report(0, "COMPLETE", 0.5)  # its pod is still on its way out
+    world.spec = make_spec(suspend=True)
+    assert of_type(world.step(), SuspendJob) == [SuspendJob("demo-1", True)]
 
 
 def test_suspend_launches_nothing_and_resume_continues() -> None:

@@ -75,17 +75,19 @@ def test_nothing_stops_a_study_within_budget() -> None:
 
 
 def test_each_budget_rule_stops_launches() -> None:
+    # Failures, time and GPUs halt the study (its running trials stop too); maxTrials and
+    # the grid's end let the running trials finish.
     assert stop({"max_trials": 5, "max_failed_trials": 2}, tally(asked=2, failed=2)) == Stop(
-        R.MAX_FAILED_TRIALS_REACHED, "2 trials failed (maxFailedTrials: 2)"
+        R.MAX_FAILED_TRIALS_REACHED, "2 trials failed (maxFailedTrials: 2)", halts=True
     )
     assert stop({"max_trials": 5}, tally(asked=5)) == Stop(
         R.MAX_TRIALS_REACHED, "all 5 trials were launched"
     )
     assert stop({"max_trials": 5, "deadline_seconds": 60}, tally(), after=60) == Stop(
-        R.DEADLINE_REACHED, "the study ran for deadlineSeconds (60)"
+        R.DEADLINE_REACHED, "the study ran for deadlineSeconds (60)", halts=True
     )
     assert stop({"max_trials": 5, "max_gpu_seconds": 9}, tally(), gpu=9.4) == Stop(
-        R.GPU_BUDGET_EXHAUSTED, "9 GPU-seconds used (maxGpuSeconds: 9)"
+        R.GPU_BUDGET_EXHAUSTED, "9 GPU-seconds used (maxGpuSeconds: 9)", halts=True
     )
 
 

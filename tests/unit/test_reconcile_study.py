@@ -72,7 +72,9 @@ def test_study_state_table() -> None:
         "Failed", R.MAX_FAILED_TRIALS_REACHED, "2 trials failed (maxFailedTrials: 2)"
     )
     assert state(suspended=True, running=1) == StudyVerdict(
-        "Suspended", R.STUDY_SUSPENDED, "spec.suspend is true; 1 trials still running"
+        "Suspended",
+        R.STUDY_SUSPENDED,
+        "spec.suspend is true; no new trials, 1 started ones hold their slots",
     )
 
 

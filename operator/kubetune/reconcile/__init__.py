@@ -28,9 +28,16 @@ Rules (each tested in tests/unit/test_reconcile.py):
 - Pods that cannot start: ``PodsHealthy=False`` (``Unschedulable`` or ``ImagePullFailed``);
   image pull errors fail the trial after ``image_pull_grace_seconds``.
 - No new trials while suspended, invalid (immutable fields changed), failed
-  (``maxFailedTrials``), past the deadline or over the GPU budget; running trials finish.
-  The study is Succeeded (or Failed, when no trial completed) once it stops launching and
-  nothing runs.
+  (``maxFailedTrials``), past the deadline, over the GPU budget, at ``maxTrials`` or at the
+  end of a Grid (``grid_trials``, reason ``SearchSpaceExhausted``).
+- A stop that halts (``maxFailedTrials``, deadline, GPU budget) also ends the running
+  trials at once: their GPU time is settled, they FAIL with ``StudyStopped``, their Jobs are
+  deleted and one ``TrialsStopped`` Event says so. At ``maxTrials`` and a Grid's end the
+  running trials finish first. The study is Succeeded (or Failed, on ``maxFailedTrials`` or
+  when no trial completed) once it stops launching and nothing runs.
+- ``spec.suspend: true`` sets ``spec.suspend`` on the running trials' Jobs (their pods go,
+  the Jobs keep their slots), ``false`` clears it again; not for Kueue-queued studies, whose
+  Jobs' ``spec.suspend`` belongs to Kueue.
 - A pass that raises is not the decision's: the shell sets ``Reconciled=False`` (reason
   ``ReconcileError``, :func:`reconcile_error_status`, message by :func:`describe_error`), posts
   a Warning Event and tries again after :func:`reconcile_backoff` (2 s doubling to 5 min).
@@ -47,6 +54,7 @@ from kubetune.reconcile._actions import (
     LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
+    SuspendJob,
     Tell,
 )
 from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
@@ -72,6 +80,7 @@ __all__ = [
     "LaunchTrials",
     "RecordUsage",
     "RelaunchAttempt",
+    "SuspendJob",
     "Tell",
     "decide",
     "describe_error",

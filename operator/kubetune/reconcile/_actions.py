@@ -17,6 +17,7 @@ __all__ = [
     "LaunchTrials",
     "RecordUsage",
     "RelaunchAttempt",
+    "SuspendJob",
     "Tell",
 ]
 
@@ -65,6 +66,15 @@ class DeleteJob:
 
 
 @dataclass(frozen=True)
+class SuspendJob:
+    """Set the Job's ``spec.suspend``: True deletes its pods and keeps the Job, False runs it
+    again (from the start: the trainer restarts in a new pod, same attempt and token)."""
+
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
 class RecordUsage:
     """Store the GPU-seconds settled for a trial (absolute values, so repeating is harmless)."""
 
@@ -73,7 +83,7 @@ class RecordUsage:
     gpu_seconds: float
 
 
-Action = LaunchTrials | CreateJob | RelaunchAttempt | Tell | DeleteJob | RecordUsage
+Action = LaunchTrials | CreateJob | RelaunchAttempt | Tell | DeleteJob | RecordUsage | SuspendJob
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,15 @@ class TrialTally:
 
 @dataclass(frozen=True)
 class Stop:
-    """Why the study launches no more trials (a condition reason) and a sentence saying so."""
+    """Why the study launches no more trials (a condition reason) and a sentence saying so.
+
+    ``halts``: the study ends now, stopping its running trials (failures, deadline, GPU
+    budget); otherwise running trials finish first (maxTrials, the grid's end).
+    """
 
     reason: str
     message: str
+    halts: bool = False
 
 
 def tally_trials(states: Mapping[int, TrialStateName], jobs: Iterable[ObservedJob]) -> TrialTally:
@@ -77,6 +82,7 @@ def stop_reason(
         return Stop(
             R.MAX_FAILED_TRIALS_REACHED,
             f"{tally.failed} trials failed (maxFailedTrials: {budget.max_failed_trials})",
+            halts=True,
         )
     if tally.asked >= budget.max_trials:
         return Stop(R.MAX_TRIALS_REACHED, f"all {budget.max_trials} trials were launched")
@@ -90,12 +96,15 @@ def stop_reason(
         seconds=budget.deadline_seconds
     ):
         return Stop(
-            R.DEADLINE_REACHED, f"the study ran for deadlineSeconds ({budget.deadline_seconds})"
+            R.DEADLINE_REACHED,
+            f"the study ran for deadlineSeconds ({budget.deadline_seconds})",
+            halts=True,
         )
     if budget.max_gpu_seconds is not None and gpu_used >= budget.max_gpu_seconds:
         return Stop(
             R.GPU_BUDGET_EXHAUSTED,
             f"{gpu_used:.0f} GPU-seconds used (maxGpuSeconds: {budget.max_gpu_seconds})",
+            halts=True,
         )
     return None
 

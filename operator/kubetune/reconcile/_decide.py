@@ -22,6 +22,8 @@ from kubetune.reconcile._gpu import gpu_account
 from kubetune.reconcile._observed import ExpectedJob, with_expectations
 from kubetune.reconcile._study import (
     completion_time,
+    halt_trials,
+    job_suspensions,
     projected_ledger,
     study_conditions,
     study_events,
@@ -82,17 +84,29 @@ def decide(
     """
     prev = dict(previous_status or {})
     jobs = with_expectations(jobs, expected)
-    outcomes = classify_trials(
-        ledger.trials, jobs, TrialRules.from_spec(spec, image_pull_grace_seconds), now
-    )
-    tells = outcomes.tells
-    states = trial_states(ledger.trials, tells)
-    gpu = gpu_account(ledger.trials, jobs, ledger.usage, states, gpus=spec.trial.gpus(), now=now)
-    tally = tally_trials(states, jobs)
+    rules = TrialRules.from_spec(spec, image_pull_grace_seconds)
+    gpus = spec.trial.gpus()
+    outcomes = classify_trials(ledger.trials, jobs, rules, now)
+    states = trial_states(ledger.trials, outcomes.tells)
+    gpu = gpu_account(ledger.trials, jobs, ledger.usage, states, gpus=gpus, now=now)
     start = parse_time(prev.get("startTime")) or now
     stop = stop_reason(
-        spec.budget, tally, gpu_used=gpu.used, start_time=start, now=now, grid_trials=grid_trials
+        spec.budget,
+        tally_trials(states, jobs),
+        gpu_used=gpu.used,
+        start_time=start,
+        now=now,
+        grid_trials=grid_trials,
     )
+    halt = halt_trials(ledger.trials, outcomes.tells, jobs, gpu.usage, stop, gpus=gpus, now=now)
+    if halt.trials:  # a stopped trial needs nothing else: no retry, no missing Job created
+        outcomes = classify_trials(
+            [t for t in ledger.trials if t.number not in halt.trials], jobs, rules, now
+        )
+        jobs = tuple(j for j in jobs if j.trial not in halt.trials)
+    tells = {**outcomes.tells, **halt.tells}
+    states = trial_states(ledger.trials, tells)
+    tally = tally_trials(states, jobs)
     invalid = spec_changed(spec, ledger)
     blocked = invalid or stop is not None or spec.suspend
     launch = launches(spec.budget, tally, blocked=blocked, grid_trials=grid_trials)
@@ -101,8 +115,18 @@ def decide(
     conditions = study_conditions(
         verdict, invalid=invalid, suspended=spec.suspend, running=running, stuck=outcomes.stuck
     )
-    actions = (*outcomes.actions, *stale_job_deletions(jobs, ledger.trials), *gpu.settled)
-    events = (*outcomes.events, *trial_events(tells.values()))
+    settled = tuple(r for r in gpu.settled if r.trial not in halt.usage)
+    suspensions = job_suspensions(
+        jobs, states, suspend=spec.suspend, queued=spec.trial.queue_name is not None
+    )
+    actions = (
+        *outcomes.actions,
+        *halt.actions,
+        *stale_job_deletions(jobs, ledger.trials),
+        *settled,
+        *suspensions,
+    )
+    events = (*outcomes.events, *trial_events(outcomes.tells.values()), *halt.events)
     deadline = seconds_to_deadline(spec.budget, start, now) if stop is None else None
     status = build_status(
         previous=prev,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from kubetune.jobs import ObservedJob
@@ -20,6 +20,8 @@ class GpuAccount:
     settled: tuple[RecordUsage, ...]
     used: float
     saved: float
+    #: The usage per trial once ``settled`` is stored.
+    usage: Mapping[int, TrialUsage] = field(default_factory=dict, compare=False)
 
 
 def settle_usage(
@@ -81,5 +83,5 @@ def gpu_account(
 ) -> GpuAccount:
     settled, after = settle_usage(trials, jobs, usage, gpus, now)
     return GpuAccount(
-        settled, gpu_seconds_used(after, jobs, gpus, now), gpu_seconds_saved(after, states)
+        settled, gpu_seconds_used(after, jobs, gpus, now), gpu_seconds_saved(after, states), after
     )

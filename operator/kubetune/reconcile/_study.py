@@ -11,14 +11,24 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
-from kubetune.jobs import ObservedJob, parse_time
-from kubetune.reconcile._actions import EventSpec, Tell
+from kubetune.jobs import JobPhase, ObservedJob, parse_time
+from kubetune.reconcile._actions import (
+    Action,
+    DeleteJob,
+    EventSpec,
+    RecordUsage,
+    SuspendJob,
+    Tell,
+)
 from kubetune.reconcile._budget import Stop, TrialTally
+from kubetune.reconcile._observed import is_active, job_seconds
 from kubetune.status import (
     ConditionSpec,
     LedgerSnapshot,
     StudyState,
     TrialRecord,
+    TrialStateName,
+    TrialUsage,
     build_status,
 )
 
@@ -27,9 +37,12 @@ __all__ = [
     "MAX_ERROR_MESSAGE",
     "MAX_RECONCILE_BACKOFF_SECONDS",
     "RECONCILE_BACKOFF_SECONDS",
+    "Halt",
     "StudyVerdict",
     "completion_time",
     "describe_error",
+    "halt_trials",
+    "job_suspensions",
     "pods_healthy_condition",
     "projected_ledger",
     "reconcile_backoff",
@@ -70,13 +83,103 @@ def study_state(
         return StudyVerdict("Succeeded", stop.reason, stop.message)
     if suspended:
         return StudyVerdict(
-            "Suspended", R.STUDY_SUSPENDED, f"spec.suspend is true; {running} trials still running"
+            "Suspended",
+            R.STUDY_SUSPENDED,
+            f"spec.suspend is true; no new trials, {running} started ones hold their slots",
         )
     if stop is not None:
         return StudyVerdict("Running", stop.reason, f"{stop.message}; waiting for {running} trials")
     if running > 0 or tally.asked > 0:
         return StudyVerdict("Running", R.TRIALS_RUNNING, f"{running} trials running")
     return StudyVerdict("Pending", R.WAITING_FOR_TRIALS, "no trial launched yet")
+
+
+@dataclass(frozen=True)
+class Halt:
+    """The running trials a halting stop ends: settle their GPU time, FAIL them with
+    ``StudyStopped``, delete their Jobs; one Event says so."""
+
+    trials: frozenset[int] = frozenset()
+    actions: tuple[Action, ...] = ()
+    events: tuple[EventSpec, ...] = ()
+
+    @property
+    def tells(self) -> dict[int, Tell]:
+        return {a.trial: a for a in self.actions if isinstance(a, Tell)}
+
+    @property
+    def usage(self) -> dict[int, RecordUsage]:
+        return {a.trial: a for a in self.actions if isinstance(a, RecordUsage)}
+
+
+def halt_trials(
+    trials: Sequence[TrialRecord],
+    told: Mapping[int, Tell],
+    jobs: Sequence[ObservedJob],
+    usage: Mapping[int, TrialUsage],
+    stop: Stop | None,
+    *,
+    gpus: float,
+    now: datetime,
+) -> Halt:
+    """End the trials still running when ``stop`` halts the study (none otherwise).
+
+    A trial the verdicts already finish (``told``) keeps its own end. The others fail with
+    ``StudyStopped``; their live Jobs are deleted (Background propagation: the Job goes at
+    once, its pods are stopped by the garbage collector) after their GPU time up to ``now`` is
+    added to ``usage`` (the usage once this pass's settled Jobs are stored), with the current
+    attempt counted as settled so the Job's end is never counted again.
+    """
+    if stop is None or not stop.halts:
+        return Halt()
+    halted = [t for t in trials if t.state == "RUNNING" and t.number not in told]
+    if not halted:
+        return Halt()
+    numbers = frozenset(t.number for t in halted)
+    live = [j for j in jobs if j.trial in numbers and is_active(j)]
+    records: list[Action] = []
+    for t in halted:
+        own = [j for j in live if j.trial == t.number]
+        if not own:
+            continue
+        prior = usage.get(t.number, TrialUsage())
+        seconds = prior.gpu_seconds + sum(job_seconds(j, now) * gpus for j in own)
+        attempts = max(prior.attempts, t.attempt + 1, *(j.attempt + 1 for j in own))
+        records.append(RecordUsage(t.number, attempts, round(seconds, 3)))
+    message = f"the study stopped ({stop.reason}): {stop.message}"
+    tells = [Tell(t.number, "FAIL", None, R.STUDY_STOPPED, message) for t in halted]
+    deletes = [DeleteJob(j.name, R.STUDY_STOPPED) for j in live]
+    listed = ", ".join(str(n) for n in sorted(numbers))
+    event = EventSpec(
+        "Normal",
+        R.TRIALS_STOPPED,
+        f"Stopped {len(numbers)} running trials ({listed}) and deleted {len(deletes)} Jobs: "
+        f"{stop.message}",
+    )
+    return Halt(numbers, (*records, *tells, *deletes), (event,))
+
+
+def job_suspensions(
+    jobs: Sequence[ObservedJob],
+    states: Mapping[int, TrialStateName],
+    *,
+    suspend: bool,
+    queued: bool,
+) -> tuple[SuspendJob, ...]:
+    """``spec.suspend`` reaches the running trials' Jobs: suspended while it is true, resumed
+    when it is false again. Not under Kueue (``queued``): Kueue owns a queued Job's
+    ``spec.suspend`` (it admits and preempts with it), so there suspend only holds launches.
+
+    A Job whose trial already finished is left alone (its pod is on its way out).
+    """
+    if queued:
+        return ()
+    wanted: JobPhase = "Active" if suspend else "Suspended"
+    return tuple(
+        SuspendJob(j.name, suspend)
+        for j in jobs
+        if j.phase == wanted and not j.deleting and states.get(j.trial) == "RUNNING"
+    )
 
 
 def _flag(value: bool) -> Literal["True", "False"]:

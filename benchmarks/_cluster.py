@@ -130,8 +130,11 @@ class Timeline:
 
     created: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     completed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    #: Per study: Job first seen -> first seen Complete (the control plane's and the kubelet
+    #: stand-in's part of a trial's cycle; the operator's part is the launch latency).
+    job_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _made: set[tuple[str, str]] = field(default_factory=set)
+    _made: dict[tuple[str, str], float] = field(default_factory=dict)
     _done: set[tuple[str, str]] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -145,11 +148,12 @@ class Timeline:
             return
         with self.lock:
             if key not in self._made:
-                self._made.add(key)
+                self._made[key] = now
                 self.created[study].append(now)
             if key not in self._done and _complete(obj):
                 self._done.add(key)
                 self.completed[study].append(now)
+                self.job_seconds[study].append(now - self._made[key])
 
     def follow(self, api: KubeApi, namespace: str) -> None:
         """Watch the namespace's trial Jobs from a thread until :meth:`stop`."""

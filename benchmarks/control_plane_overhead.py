@@ -42,7 +42,7 @@ NAME = "control_plane_overhead"
 STATS_FLUSH_SECONDS = 11.0
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 4, "parallelism": 2, "samplers": ["Random"]},
-    "short": {"trials": 100, "parallelism": 8, "samplers": ["TPE", "Random"]},
+    "short": {"trials": 80, "parallelism": 8, "samplers": ["TPE", "Random"]},
     "full": {"trials": 500, "parallelism": 8, "samplers": ["TPE", "Random"]},
 }
 
@@ -60,6 +60,7 @@ def raw_optuna(storage_url: str, *, trials: int, parallelism: int, sampler: str)
     spec = load_manifest(yaml.safe_dump(doc)).spec
     storage = optuna.storages.RDBStorage(storage_url)
     started = time.perf_counter()
+    cpu_started = time.thread_time()
     study = optuna.create_study(
         storage=storage,
         study_name=f"raw-{sampler.lower()}-{time.time_ns()}",
@@ -73,12 +74,14 @@ def raw_optuna(storage_url: str, *, trials: int, parallelism: int, sampler: str)
         message = zero_work({"spec": {"containers": [{"env": env}]}})
         study.tell(trial, yaml.safe_load(message)["values"][0])
     elapsed = time.perf_counter() - started
+    cpu = time.thread_time() - cpu_started
     storage.engine.dispose()
     return {
         "sampler": sampler,
         "trials": trials,
         "seconds": elapsed,
         "trials_per_s": trials / elapsed,
+        "cpu_ms_per_trial": 1000 * cpu / trials,
     }
 
 
@@ -139,6 +142,7 @@ def run(size: str, pg: Any = None, cluster: Any = None) -> dict[str, Any]:
                 "sampler": sampler,
                 "trials": cfg["trials"],
                 "trials_per_s": sum(r["trials_per_s"] for r in raw_runs) / len(raw_runs),
+                "cpu_ms_per_trial": sum(r["cpu_ms_per_trial"] for r in raw_runs) / len(raw_runs),
                 "runs": raw_runs,
             }
             bench.check_storage()
@@ -162,7 +166,7 @@ def run(size: str, pg: Any = None, cluster: Any = None) -> dict[str, Any]:
             "raw trials/s",
             "operator trials/s",
             "ratio",
-            "op CPU ms/trial",
+            "CPU ms/trial raw/op",
             "API req/trial",
             "DB commits/trial raw/op",
             "rows read/trial raw/op",
@@ -174,7 +178,8 @@ def run(size: str, pg: Any = None, cluster: Any = None) -> dict[str, Any]:
                 r["raw"]["trials_per_s"],
                 r["operator"]["trials_per_s"],
                 f"{r['ratio']:.1%}",
-                r["operator"]["operator_cpu_ms_per_trial"],
+                f"{r['raw']['cpu_ms_per_trial']:.0f} / "
+                f"{r['operator']['operator_cpu_ms_per_trial']:.0f}",
                 r["operator"]["api_requests_per_trial"],
                 f"{r['db']['raw_per_trial']['xact_commit']:.1f} / "
                 f"{r['db']['operator_per_trial']['xact_commit']:.1f}",
@@ -194,6 +199,8 @@ def run(size: str, pg: Any = None, cluster: Any = None) -> dict[str, Any]:
                 "raw_trials_per_s": r["raw"]["trials_per_s"],
                 "operator_trials_per_s": r["operator"]["trials_per_s"],
                 "ratio": r["ratio"],
+                "raw_cpu_ms_per_trial": r["raw"]["cpu_ms_per_trial"],
+                "operator_cpu_ms_per_trial": r["operator"]["operator_cpu_ms_per_trial"],
                 "target_met": r["ratio"] >= 0.5 and r["operator"]["done"],
             }
             for r in rows

@@ -34,7 +34,7 @@ NAME = "launch_latency"
 #: (sampler, parallelism, trials) per size: each a study of its own on one operator.
 SIZES: dict[str, list[tuple[str, int, int]]] = {
     "smoke": [("Random", 2, 6)],
-    "short": [("TPE", 8, 120), ("Random", 8, 120), ("TPE", 32, 160), ("Random", 32, 160)],
+    "short": [("TPE", 8, 100), ("Random", 8, 100), ("TPE", 32, 80), ("Random", 32, 80)],
     "full": [("TPE", 8, 400), ("Random", 8, 400), ("TPE", 32, 400), ("Random", 32, 400)],
 }
 HISTOGRAMS = (
@@ -95,6 +95,8 @@ def run(
             bench.check_storage()
             after = _cluster.scrape(bench)
             lat = bench.timeline.launch_latencies(parallelism, bench.study_key(name))
+            with bench.timeline.lock:
+                run_ms = [1000 * x for x in bench.timeline.job_seconds[bench.study_key(name)]]
             ms = [1000 * x for x in lat]
             p50, p95, p99 = (percentile(ms, q) for q in (50, 95, 99))
             mean, std = mean_std(ms)
@@ -115,6 +117,10 @@ def run(
                 "max_ms": max(ms, default=float("nan")),
                 "mean_ms": mean,
                 "std_ms": std,
+                # Job seen created -> seen Complete: the Job controller (which batches pod
+                # updates for up to 1 s), the scheduler and the kubelet stand-in.
+                "job_run_p50_ms": percentile(run_ms, 50),
+                "job_run_p95_ms": percentile(run_ms, 95),
                 "study": study,
                 "operator_histograms": hists,
                 "profile_top": hot[:40],
@@ -145,6 +151,7 @@ def run(
             "max ms",
             "own p50 ms",
             "own p99 ms",
+            "Job run p50 ms",
             "trials/s",
             "target",
         ],
@@ -159,6 +166,7 @@ def run(
                 r["max_ms"],
                 1000 * r["operator_histograms"]["job_launch_latency_seconds"]["p50"],
                 1000 * r["operator_histograms"]["job_launch_latency_seconds"]["p99"],
+                r["job_run_p50_ms"],
                 r["study"]["trials_per_s"],
                 verdict(r["target_met"]),
             ]
@@ -196,6 +204,7 @@ def run(
                 * r["operator_histograms"]["job_launch_latency_seconds"]["p50"],
                 "operator_p99_ms": 1000
                 * r["operator_histograms"]["job_launch_latency_seconds"]["p99"],
+                "job_run_p50_ms": r["job_run_p50_ms"],
                 "target_met": r["target_met"],
             }
             for r in rows

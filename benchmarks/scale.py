@@ -46,7 +46,7 @@ NAME = "scale"
 QUEUE = "bench-queue"
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"points": [(2, 2)], "timeout": 60.0, "rest": 1.0},
-    "short": {"points": [(3, 10), (10, 10)], "timeout": 180.0, "rest": 5.0},
+    "short": {"points": [(3, 10), (10, 10)], "timeout": 180.0, "rest": 2.0},
     "full": {"points": [(10, 50), (30, 50), (100, 50)], "timeout": 1800.0, "rest": 10.0},
 }
 

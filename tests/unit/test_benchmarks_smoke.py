@@ -114,6 +114,8 @@ def test_timeline_counts_each_job_once_across_relists() -> None:
         t.on_job(kind, obj)
     assert len(t.created["ns/s"]) == 2 and len(t.completed["ns/s"]) == 1
     assert t.created_count("ns/s") == 2
+    (run,) = t.job_seconds["ns/s"]
+    assert run == pytest.approx(t.completed["ns/s"][0] - t.created["ns/s"][0])
 
 
 def test_scale_admits_round_robin_across_studies() -> None:
@@ -188,6 +190,7 @@ def test_control_plane_overhead_smoke(postgres_server: Any, cluster: Any) -> Non
     assert row["operator"]["done"], row
     assert row["operator"]["finished"] == row["raw"]["trials"] == 4
     assert row["raw"]["trials_per_s"] > 0 and row["ratio"] > 0
+    assert row["raw"]["cpu_ms_per_trial"] > 0
     assert 0 < row["operator"]["db_connections"] <= 10
 
 
@@ -200,6 +203,7 @@ def test_launch_latency_smoke(postgres_server: Any, cluster: Any) -> None:
     assert row["study"]["finished"] == 6
     assert row["samples"] == 6 - 2  # every freed slot but the last two was refilled
     assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert row["job_run_p50_ms"] > 0
     # The operator's own histogram counts this study's launches only.
     assert row["operator_histograms"]["job_launch_latency_seconds"]["count"] == 6
     assert row["study"]["api_requests"].get("create jobs") == 6

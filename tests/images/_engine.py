@@ -98,6 +98,7 @@ class Engine:
         *,
         entrypoint: str | None = None,
         env: Mapping[str, str] | None = None,
+        env_file: Path | None = None,
         volumes: Sequence[str] = (),
         read_only: bool = False,
         host_network: bool = False,
@@ -108,6 +109,7 @@ class Engine:
         ``read_only``: the root filesystem is read-only and only ``/tmp`` is writable (a tmpfs),
         as in the chart (``readOnlyRootFilesystem`` plus an ``emptyDir`` on ``/tmp``).
         Capabilities are dropped and privilege escalation is off, as in the chart.
+        ``env_file``: ``KEY=VALUE`` lines, for values that must not show on a command line.
         """
         cmd = self.run_prefix()
         cmd += ["--cap-drop=ALL", "--security-opt", "no-new-privileges"]
@@ -121,6 +123,8 @@ class Engine:
             cmd += ["--network", "host"]
         for spec in volumes:
             cmd += ["--volume", spec]
+        if env_file is not None:
+            cmd += ["--env-file", str(env_file)]
         for key, value in (env or {}).items():
             cmd += ["--env", f"{key}={value}"]
         if entrypoint is not None:
@@ -158,15 +162,18 @@ def _quiet(cmd: list[str]) -> bool:
     return done.returncode == 0
 
 
-def required_engine(*images: str) -> Engine:
-    """The engine holding ``images``, for a test module to call at import.
+def required_engine(*images: str, name: str | None = None) -> Engine:
+    """The engine holding ``images``, for a test module to call at import; ``name`` insists on
+    one engine (``podman``) instead of detecting it.
 
     Where the engine or an image is absent the whole module skips with one line saying what to
     build; under CI (``CI`` set) that is a collection error instead, since CI builds the
     images before it runs the tests.
     """
     try:
-        engine = Engine.detect()
+        if name is not None and shutil.which(name) is None:
+            raise EngineUnavailableError(f"{name} is not on PATH")
+        engine = Engine(name) if name is not None else Engine.detect()
         missing = [image for image in images if not engine.has_image(image)]
     except EngineUnavailableError as exc:
         message = f"cannot run the images: {exc}"

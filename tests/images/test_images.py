@@ -10,15 +10,12 @@ data writes its result as a termination message, as a kubelet would read it.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ import yaml
 from harness.control_plane import ControlPlane
 
 from ._engine import OPERATOR_IMAGE, REPO, TRAINER_IMAGE, required_engine
+from ._kube import answers, self_contained_kubeconfig
 
 ENGINE = required_engine(OPERATOR_IMAGE, TRAINER_IMAGE)
 
@@ -184,25 +182,6 @@ def test_known_gap_sampler_unavailable_in_operator_image(
 # ---------------------------------------------------------------- operator image: running
 
 
-def _self_contained_kubeconfig(plane: ControlPlane, target: Path) -> Path:
-    """The plane's kubeconfig with its certificate files inlined, readable by any uid.
-
-    The image runs as uid 65532, which cannot read the plane's root-owned key files; inlining
-    them (what ``kubectl config view --raw --flatten`` does) lets one read-only file serve.
-    """
-    config = yaml.safe_load(plane.kubeconfig.read_text())
-    for entry_list, inner in (("clusters", "cluster"), ("users", "user")):
-        for entry in config.get(entry_list, []):
-            body = entry[inner]
-            for key in ("certificate-authority", "client-certificate", "client-key"):
-                if key in body:
-                    data = Path(body.pop(key)).read_bytes()
-                    body[f"{key}-data"] = base64.b64encode(data).decode()
-    target.write_text(yaml.safe_dump(config))
-    target.chmod(0o644)
-    return target
-
-
 @pytest.fixture
 def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
@@ -257,20 +236,12 @@ def _wait_for(what: str, check: Any, timeout: float, log: Path) -> Any:
     pytest.fail(f"{what} within {timeout:.0f} s; operator log:\n{log.read_text()[-4000:]}")
 
 
-def _answers(port: int, path: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def test_operator_starts_read_only_against_the_control_plane(
     control_plane: ControlPlane,
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    kubeconfig = _self_contained_kubeconfig(control_plane, tmp_path / "kubeconfig")
+    kubeconfig = self_contained_kubeconfig(control_plane, tmp_path / "kubeconfig")
     health, metrics, report = _free_port(), _free_port(), _free_port()
     container = f"kubetune-images-{secrets.token_hex(4)}"
     log = tmp_path / "operator.log"
@@ -296,8 +267,8 @@ def test_operator_starts_read_only_against_the_control_plane(
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_for("/healthz did not answer 200", lambda: _answers(health, "/healthz"), 120, log)
-        assert _answers(metrics, "/metrics"), log.read_text()
+        _wait_for("/healthz did not answer 200", lambda: answers(health, "/healthz"), 120, log)
+        assert answers(metrics, "/metrics"), log.read_text()
         control_plane.kubectl(
             "apply", "-n", namespace, "-f", "-", input=_study("s1", TRAINER_IMAGE)
         )

@@ -324,7 +324,7 @@ class KubeApi:
                         if not line:
                             continue
                         event = json.loads(line)
-                        if event["type"] == "ERROR":
+                        if event.get("type") in (None, "ERROR"):  # 410 or a bare Status
                             return  # 410 Gone inside the stream: relist
                         version = event["object"]["metadata"]["resourceVersion"]
                         if event["type"] != "BOOKMARK":

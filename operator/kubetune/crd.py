@@ -177,6 +177,12 @@ def crd_manifest() -> dict[str, Any]:
                             "priority": 1,
                         },
                         {"name": "Best", "type": "string", "jsonPath": ".status.bestValue"},
+                        {
+                            "name": "Reason",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                            "description": "Why the study is in its state, e.g. GoalReached",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": open_api_schema()},

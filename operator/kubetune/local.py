@@ -10,7 +10,8 @@ A trial that crashes, hangs past ``activeDeadlineSeconds``, exits without a resu
 garbage becomes a FAIL trial with ``kubetune:fail_reason`` and ``kubetune:stderr_tail``; the
 study goes on. The study ends on the operator's rules (docs/architecture.md, "How a study
 ends"): ``maxFailedTrials`` and ``deadlineSeconds`` also stop the running trials (reason
-``StudyStopped``), a Grid study ends once every point was tried (``SearchSpaceExhausted``).
+``StudyStopped``), a Grid study ends once every point was tried (``SearchSpaceExhausted``),
+and one that reaches its ``objectives[].goal`` ends at once (``GoalReached``).
 Ctrl-C (or SIGTERM) stops the running trials, fails them with reason ``Interrupted`` and
 returns exit code 130 with the storage intact.
 
@@ -59,6 +60,7 @@ from kubetune._local_plan import (
     trial_command,
     trial_env,
 )
+from kubetune.reconcile import goal_reached
 from kubetune.reporting import FAIL_REASON_ATTR, ReportServer
 from kubetune.sampling import (
     directions,
@@ -69,6 +71,7 @@ from kubetune.sampling import (
 )
 from kubetune.search_space import suggest_params
 from kubetune.spec import load_manifest
+from kubetune.status import TrialRecord
 from kubetune.tokens import TokenSigner, generate_key
 
 if TYPE_CHECKING:
@@ -500,6 +503,23 @@ class _Runner:
             self.server = None
 
 
+def _goal(study: optuna.Study, ts: TuningStudy) -> str | None:
+    """``GoalReached: ...`` once a complete trial reached every objective's goal (the
+    operator's rule, ``kubetune.reconcile.goal_reached``), else None."""
+    objectives = ts.spec.objectives
+    if all(o.goal is None for o in objectives):
+        return None
+    done = [
+        TrialRecord(t.number, "COMPLETE", values=tuple(float(v) for v in t.values))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values is not None
+    ]
+    met = goal_reached(done, {}, objectives)
+    if met is None:
+        return None
+    return f"{reasons.GOAL_REACHED}: trial {met.trial} reached the goal: {', '.join(met.met)}"
+
+
 def _halts(reason: str) -> bool:
     """Whether the stop ends the running trials too (the operator's ``Stop.halts``)."""
     return reason.startswith((reasons.MAX_FAILED_TRIALS_REACHED, reasons.DEADLINE_REACHED))
@@ -644,8 +664,10 @@ def run_local(
                 best=_best_text(study),
             )
             changed = True
+            goal: str | None = None
             while True:
                 if changed:
+                    goal = _goal(study, ts)
                     counts = _count(study)
                     progress.update(
                         task,
@@ -656,6 +678,11 @@ def run_local(
                         running=len(runner.running),
                         best=_best_text(study),
                     )
+                if goal is not None:
+                    if runner.running:
+                        runner.stop_all(f"{reasons.STUDY_STOPPED}: the study stopped ({goal})")
+                    reason = goal
+                    break
                 decision = plan_launches(
                     counts,
                     budget,

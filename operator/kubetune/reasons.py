@@ -21,6 +21,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "DEADLINE_REACHED",
     "EXIT_CODE",
+    "GOAL_REACHED",
     "GPU_BUDGET_EXHAUSTED",
     "IMAGE_PULL_FAILED",
     "IMMUTABLE_FIELD_CHANGED",
@@ -82,6 +83,8 @@ STUDY_SUSPENDED = "StudySuspended"
 #: ``Suspended`` is False: ``spec.suspend`` is not set.
 NOT_SUSPENDED = "NotSuspended"
 MAX_TRIALS_REACHED = "MaxTrialsReached"
+#: A complete trial reached every ``objectives[].goal`` given.
+GOAL_REACHED = "GoalReached"
 MAX_FAILED_TRIALS_REACHED = "MaxFailedTrialsReached"
 DEADLINE_REACHED = "DeadlineReached"
 GPU_BUDGET_EXHAUSTED = "GpuBudgetExhausted"

@@ -103,6 +103,13 @@ class Objective(_Model):
     direction: Literal["maximize", "minimize"] = Field(
         description="Whether larger or smaller values are better."
     )
+    goal: float | None = Field(
+        None,
+        description="Good enough: once a complete trial reaches this value (at least it when "
+        "maximizing, at most when minimizing) the study ends Succeeded with reason GoalReached "
+        "and its running trials are stopped. With several objectives, one trial must reach "
+        "every goal given (objectives without a goal are not checked).",
+    )
 
 
 class FloatRange(_Model):

@@ -249,3 +249,53 @@ def test_suspend_suspends_the_running_jobs_and_resume_runs_them_again(
     }  # fmt: skip
     assert by_state(optuna_trials(operator_env_vars, final)) == {"COMPLETE": 2}
     assert sorted(j["metadata"]["name"] for j in jobs(cluster, "pause")) == ["pause-0", "pause-1"]
+
+
+# --- item 10: the objective's goal -------------------------------------------------------------
+
+#: Reporter mode: lr below 0.001 holds (until the study stops it), any other lr completes at
+#: once with the stand-in's value ``1 - |log10(lr) + 2| / 4`` (lr 0.01 gives 1.0).
+GOAL_TRAINER = r"""
+import json, math, os, time
+from kubetune import trial
+lr = float(json.loads(os.environ["KUBETUNE_PARAMS"])["lr"])
+while lr < 0.001:
+    time.sleep(0.1)
+trial.complete(round(1.0 - abs(math.log10(lr) + 2.0) / 4.0, 6))
+"""
+
+
+def test_a_study_that_reaches_its_goal_ends_and_stops_its_running_trials(
+    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+) -> None:
+    trainer = tmp_path / "goal_trainer.py"
+    trainer.write_text(GOAL_TRAINER)
+    manifest = study_manifest(
+        "goal",
+        trainer,
+        max_trials=10,
+        parallelism=2,
+        enqueue=[{"lr": 1.0e-4, "optimizer": "sgd"}, {"lr": 0.01, "optimizer": "sgd"}],
+    )
+    manifest["spec"]["objectives"][0]["goal"] = 0.9
+    with run_operator_thread() as runner:
+        cluster.api.create("tuningstudies", manifest, NS)
+        final = wait_state(cluster, "goal", "Succeeded")
+        cluster.api.wait_for(lambda: "TrialsStopped" in reasons_of(cluster, "goal"))
+        cluster.api.wait_for(lambda: cluster.kubelet.running_processes() == 0)
+    assert runner.exit_code == 0, runner.output[-3000:]
+
+    succeeded = condition(cluster, "goal", "Succeeded")
+    assert succeeded["reason"] == "GoalReached"
+    assert succeeded["message"] == "trial 1 reached the goal: val_accuracy 1 >= 0.9"
+    assert final["bestTrial"]["number"] == 1
+    trials = optuna_trials(operator_env_vars, final)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["kubetune:fail_reason"] == "StudyStopped"
+    assert "GoalReached" in trials[0].user_attrs["kubetune:fail_message"]
+    assert cluster.api.find("jobs", "goal-0", NS) is None  # stopped: deleted
+    # `kubectl get ts` shows why it ended (printer columns from the generated CRD).
+    table = cluster.plane.kubectl("get", "ts", "goal", "-n", NS)
+    header, row = table.splitlines()
+    assert header.split() == ["NAME", "STATE", "TRIALS", "RUNNING", "BEST", "REASON", "AGE"]
+    assert row.split()[:6] == ["goal", "Succeeded", "2/10", "0", "1", "GoalReached"]

@@ -177,3 +177,37 @@ def test_a_local_study_that_stops_on_failures_stops_its_running_trials(
     assert trials[1].user_attrs["kubetune:fail_reason"] == (
         "StudyStopped: the study stopped (MaxFailedTrialsReached: 1 trials failed)"
     )
+
+
+def test_a_local_study_ends_at_its_goal_and_stops_the_running_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Warm starts lr=0.2 (runs for minutes) and lr=0.9 (at once): 0.9 reaches the goal 0.8."""
+    manifest = local_manifest(
+        tmp_path,
+        name="goal",
+        space=[{"name": "lr", "float": {"low": 0.1, "high": 1.0}}],
+        sampler={"type": "Random", "seed": 1},
+        budget={"maxTrials": 10, "parallelism": 2},
+        objective={"name": "acc", "direction": "maximize", "goal": 0.8},
+    )
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["enqueueTrials"] = [{"lr": 0.2}, {"lr": 0.9}]
+    doc["spec"]["trial"]["template"]["spec"]["containers"][0]["command"] = [
+        "python",
+        "-c",
+        "import os, time\n"
+        "if float(os.environ['KUBETUNE_PARAM_LR']) < 0.5: time.sleep(600)\n" + LR_IS_THE_VALUE,
+    ]
+    manifest.write_text(yaml.safe_dump(doc))
+    storage = f"sqlite:///{tmp_path}/goal.db"
+    assert main(["run", str(manifest), "--storage", storage]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Stopped: GoalReached: trial 1 reached the goal: acc 0.9 >= 0.8" in out
+    trials = optuna.load_study(study_name="goal", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert (
+        trials[0]
+        .user_attrs["kubetune:fail_reason"]
+        .startswith("StudyStopped: the study stopped (GoalReached: trial 1")
+    )

@@ -32,7 +32,7 @@ from kubetune.reconcile import (
     storage_error_status,
 )
 from kubetune.reconcile._decide import spec_changed
-from kubetune.spec import TuningStudySpec, parse_manifest
+from kubetune.spec import Objective, TuningStudySpec, parse_manifest
 from kubetune.status import LedgerSnapshot, TrialRecord, TrialStateName, TrialUsage
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -459,6 +459,34 @@ def test_a_halted_trial_is_neither_retried_nor_given_a_missing_job() -> None:
     assert not any(e.reason == R.TRIAL_RETRIED for e in d.events)
     assert d.state == "Failed"
     assert_settled(world)
+
+
+def test_reaching_the_goal_ends_the_study_and_stops_its_running_trials() -> None:
+    base = make_spec(budget={"maxTrials": 10, "parallelism": 3})
+    spec = base.model_copy(
+        update={"objectives": [Objective(name="o0", direction="maximize", goal=0.9)]}
+    )
+    world = World(spec)
+    world.step()
+    world.report(0, "COMPLETE", 0.5)  # not yet
+    world.finish(0)
+    world.step()  # trial 3 takes its slot
+    world.report(1, "COMPLETE", 0.93)  # good enough, through the report API
+    world.finish(1)
+    d = world.step()
+    assert of_type(d, LaunchTrials) == []
+    stopped = of_type(d, Tell)
+    assert [(t.trial, t.reason) for t in stopped] == [(2, R.STUDY_STOPPED), (3, R.STUDY_STOPPED)]
+    assert "GoalReached" in stopped[0].message
+    assert {a.name for a in of_type(d, DeleteJob)} == {"demo-2", "demo-3"}
+    assert d.state == "Succeeded"
+    cond = {c["type"]: c for c in d.status["conditions"]}
+    assert cond["Succeeded"]["reason"] == R.GOAL_REACHED
+    assert cond["Succeeded"]["message"] == "trial 1 reached the goal: o0 0.93 >= 0.9"
+    assert cond["Ready"]["reason"] == R.GOAL_REACHED  # the printer column reads this one
+    assert d.status["bestTrial"]["number"] == 1
+    assert [e.reason for e in d.events] == [R.TRIALS_STOPPED, R.STUDY_SUCCEEDED]
+    assert assert_settled(world).state == "Succeeded"
 
 
 def test_max_trials_lets_the_running_trials_finish() -> None:

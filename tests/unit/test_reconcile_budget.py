@@ -9,10 +9,12 @@ import pytest
 
 from kubetune import reasons as R  # noqa: N812
 from kubetune.jobs import JobPhase, ObservedJob
-from kubetune.reconcile import RecordUsage
+from kubetune.reconcile import RecordUsage, Tell
 from kubetune.reconcile._budget import (
+    Goal,
     Stop,
     TrialTally,
+    goal_reached,
     launches,
     seconds_to_deadline,
     stop_reason,
@@ -26,7 +28,7 @@ from kubetune.reconcile._gpu import (
     gpu_seconds_used,
     settle_usage,
 )
-from kubetune.spec import Budget
+from kubetune.spec import Budget, Objective
 from kubetune.status import TrialRecord, TrialStateName, TrialUsage
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -102,6 +104,47 @@ def test_failures_win_over_the_other_rules() -> None:
     assert got is not None and got.reason == R.MAX_FAILED_TRIALS_REACHED
     got = stop({**everything, "max_failed_trials": None}, tally(asked=2), gpu=5, after=5)
     assert got is not None and got.reason == R.MAX_TRIALS_REACHED
+
+
+def test_goal_reached_is_the_first_complete_trial_at_or_past_every_goal() -> None:
+    acc = Objective(name="acc", direction="maximize", goal=0.9)
+    loss = Objective(name="loss", direction="minimize", goal=0.2)
+    free = Objective(name="seconds", direction="minimize")
+    trials = [
+        TrialRecord(0, "COMPLETE", values=(0.95, 0.3, 9.0)),  # acc yes, loss no
+        TrialRecord(1, "PRUNED", values=(0.99, 0.1, 1.0)),  # not complete
+        TrialRecord(2, "RUNNING"),
+        TrialRecord(3, "COMPLETE", values=(0.9, 0.2, 99.0)),  # both, exactly at the goals
+        TrialRecord(4, "COMPLETE", values=(1.0, 0.0, 1.0)),
+    ]
+    single = [
+        TrialRecord(0, "COMPLETE", values=(0.85,)),
+        TrialRecord(1, "COMPLETE", values=(0.95,)),
+    ]
+    assert goal_reached(single, {}, [acc]) == Goal(1, ("acc 0.95 >= 0.9",))
+    assert goal_reached(trials, {}, [acc]) is None  # three values: not this study's trials
+    assert goal_reached(trials, {}, [acc, loss, free]) == Goal(
+        3, ("acc 0.9 >= 0.9", "loss 0.2 <= 0.2")
+    )
+    assert goal_reached(trials, {}, [Objective(name="acc", direction="maximize")]) is None
+    assert goal_reached(single, {}, [Objective(name="acc", direction="minimize", goal=0)]) is None
+    # A result told in this very pass counts.
+    tells = {2: Tell(2, "COMPLETE", (0.91,))}
+    assert goal_reached([TrialRecord(2, "RUNNING")], tells, [acc]) == Goal(2, ("acc 0.91 >= 0.9",))
+    assert goal_reached([TrialRecord(0, "COMPLETE", values=(float("nan"),))], {}, [acc]) is None
+
+
+def test_the_goal_stops_the_study_before_any_other_rule() -> None:
+    goal = Goal(3, ("acc 0.95 >= 0.9",))
+    got = stop_reason(
+        Budget(max_trials=4, max_failed_trials=1),
+        tally(asked=4, failed=1),
+        gpu_used=0,
+        start_time=T0,
+        now=T0,
+        goal=goal,
+    )
+    assert got == Stop(R.GOAL_REACHED, "trial 3 reached the goal: acc 0.95 >= 0.9", halts=True)
 
 
 def test_a_grid_smaller_than_max_trials_stops_once_every_point_was_tried() -> None:

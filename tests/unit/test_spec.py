@@ -282,3 +282,20 @@ def test_gp_is_refused_with_a_clear_sentence_where_torch_is_missing(
     assert sampler_unavailable(tpe, where="the operator image") is None
     with pytest.raises(SamplerUnavailableError, match="needs PyTorch"):
         make_sampler(gp)
+
+
+def test_objective_goal_is_a_finite_number_fixed_at_creation() -> None:
+    doc = edited(study_manifest(), "spec.objectives.0.goal", 0.95)
+    ts = parse_manifest(doc)
+    assert ts.spec.objectives[0].goal == 0.95
+    assert crd_errors(doc) == []
+    assert parse_manifest(edited(doc, "spec.objectives.0.goal", 1)).spec.objectives[0].goal == 1
+    for bad in ("high", float("nan"), True):
+        with pytest.raises(SpecError, match="goal"):
+            parse_manifest(edited(doc, "spec.objectives.0.goal", bad))
+    assert crd_errors(edited(doc, "spec.objectives.0.goal", "high"))
+    # Part of the objectives, which are fixed at creation (in the spec hash too).
+    assert crd_errors(edited(doc, "spec.objectives.0.goal", 0.9), old=doc)
+    assert "goal" in ts.spec.immutable_view()["objectives"][0]
+    # A study without a goal keeps the immutable view (and spec hash) it had before goals.
+    assert "goal" not in parse_manifest(study_manifest()).spec.immutable_view()["objectives"][0]

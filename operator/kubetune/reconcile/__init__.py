@@ -30,7 +30,9 @@ Rules (each tested in tests/unit/test_reconcile.py):
 - No new trials while suspended, invalid (immutable fields changed), failed
   (``maxFailedTrials``), past the deadline, over the GPU budget, at ``maxTrials`` or at the
   end of a Grid (``grid_trials``, reason ``SearchSpaceExhausted``).
-- A stop that halts (``maxFailedTrials``, deadline, GPU budget) also ends the running
+- A complete trial that reaches every ``objectives[].goal`` given ends the study first of all
+  (``GoalReached``, Succeeded).
+- A stop that halts (the goal, ``maxFailedTrials``, deadline, GPU budget) also ends the running
   trials at once: their GPU time is settled, they FAIL with ``StudyStopped``, their Jobs are
   deleted and one ``TrialsStopped`` Event says so. At ``maxTrials`` and a Grid's end the
   running trials finish first. The study is Succeeded (or Failed, on ``maxFailedTrials`` or
@@ -57,6 +59,7 @@ from kubetune.reconcile._actions import (
     SuspendJob,
     Tell,
 )
+from kubetune.reconcile._budget import Goal, goal_reached
 from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
 from kubetune.reconcile._observed import ExpectedJob
 from kubetune.reconcile._study import (
@@ -77,6 +80,7 @@ __all__ = [
     "DeleteJob",
     "EventSpec",
     "ExpectedJob",
+    "Goal",
     "LaunchTrials",
     "RecordUsage",
     "RelaunchAttempt",
@@ -84,6 +88,7 @@ __all__ = [
     "Tell",
     "decide",
     "describe_error",
+    "goal_reached",
     "reconcile_backoff",
     "reconcile_error_status",
     "redact",

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
 from kubetune.jobs import ObservedJob
+from kubetune.reconcile._actions import Tell
 from kubetune.reconcile._observed import is_active
-from kubetune.status import TrialStateName
+from kubetune.status import TrialRecord, TrialStateName
 
 if TYPE_CHECKING:
-    from kubetune.spec import Budget
+    from kubetune.spec import Budget, Objective
 
 __all__ = [
+    "Goal",
     "Stop",
     "TrialTally",
+    "goal_reached",
     "launches",
     "seconds_to_deadline",
     "stop_reason",
@@ -51,6 +55,43 @@ class Stop:
     halts: bool = False
 
 
+@dataclass(frozen=True)
+class Goal:
+    """The first complete trial that reached every ``objectives[].goal`` given."""
+
+    trial: int
+    #: ``name value >= goal`` (or ``<=``) for each objective with a goal.
+    met: tuple[str, ...]
+
+
+def _reaches(value: float, direction: str, goal: float) -> bool:
+    return math.isfinite(value) and (value >= goal if direction == "maximize" else value <= goal)
+
+
+def goal_reached(
+    trials: Sequence[TrialRecord], tells: Mapping[int, Tell], objectives: Sequence[Objective]
+) -> Goal | None:
+    """The lowest-numbered complete trial (tells applied) whose values reach every goal; None
+    when no objective has a goal or no trial reached them all."""
+    goals = [(i, o) for i, o in enumerate(objectives) if o.goal is not None]
+    if not goals:
+        return None
+    for t in sorted(trials, key=lambda r: r.number):
+        tell = tells.get(t.number)
+        state, values = (tell.state, tell.values) if tell is not None else (t.state, t.values)
+        if state != "COMPLETE" or values is None or len(values) != len(objectives):
+            continue
+        if all(_reaches(values[i], o.direction, o.goal) for i, o in goals if o.goal is not None):
+            met = tuple(
+                f"{o.name} {values[i]:.6g} {'>=' if o.direction == 'maximize' else '<='} "
+                f"{o.goal:.6g}"
+                for i, o in goals
+                if o.goal is not None
+            )
+            return Goal(t.number, met)
+    return None
+
+
 def tally_trials(states: Mapping[int, TrialStateName], jobs: Iterable[ObservedJob]) -> TrialTally:
     occupied = {n for n, s in states.items() if s == "RUNNING"}
     occupied |= {j.trial for j in jobs if is_active(j)}
@@ -75,9 +116,17 @@ def stop_reason(
     start_time: datetime,
     now: datetime,
     grid_trials: int | None = None,
+    goal: Goal | None = None,
 ) -> Stop | None:
-    """The first budget rule that stops launches, in order: failures, trials, the grid's end,
-    time, GPUs. ``grid_trials``: the trials a Grid study runs before its points repeat."""
+    """The first rule that stops launches, in order: the goal, failures, trials, the grid's
+    end, time, GPUs. ``grid_trials``: the trials a Grid study runs before its points repeat;
+    ``goal``: the trial that reached the objectives' goals (:func:`goal_reached`)."""
+    if goal is not None:
+        return Stop(
+            R.GOAL_REACHED,
+            f"trial {goal.trial} reached the goal: {', '.join(goal.met)}",
+            halts=True,
+        )
     if budget.max_failed_trials is not None and tally.failed >= budget.max_failed_trials:
         return Stop(
             R.MAX_FAILED_TRIALS_REACHED,

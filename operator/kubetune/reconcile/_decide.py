@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune.jobs import ObservedJob, parse_time
 from kubetune.reconcile._actions import Decision, LaunchTrials
 from kubetune.reconcile._budget import (
+    goal_reached,
     launches,
     seconds_to_deadline,
     stop_reason,
@@ -97,6 +98,7 @@ def decide(
         start_time=start,
         now=now,
         grid_trials=grid_trials,
+        goal=goal_reached(ledger.trials, outcomes.tells, spec.objectives),
     )
     halt = halt_trials(ledger.trials, outcomes.tells, jobs, gpu.usage, stop, gpus=gpus, now=now)
     if halt.trials:  # a stopped trial needs nothing else: no retry, no missing Job created

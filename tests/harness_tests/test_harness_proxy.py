@@ -46,7 +46,8 @@ def test_watches_can_be_cut_and_expired(cluster: Cluster) -> None:
         ):
             pass
     assert caught.value.status == 410
-    events = watch.stream(api.list_namespaced_config_map, "default", timeout_seconds=30)
+    fresh = kubernetes.watch.Watch()  # the first one remembers the refused resourceVersion
+    events = fresh.stream(api.list_namespaced_config_map, "default", timeout_seconds=30)
     first = next(events)  # the initial list replays as ADDED
     assert first["type"] == "ADDED"
     cluster.api.drop_watches()

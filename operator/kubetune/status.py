@@ -30,6 +30,7 @@ __all__ = [
     "best_trial",
     "build_status",
     "format_time",
+    "gpu_seconds_saved",
     "merge_conditions",
     "pareto_front",
     "trial_counts",
@@ -197,6 +198,19 @@ def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> li
         if not any(_dominates(o.values or (), t.values or (), signs) for o in done if o is not t)
     ]
     return sorted(front, key=lambda t: t.number)
+
+
+def gpu_seconds_saved(
+    usage: Mapping[int, TrialUsage], states: Mapping[int, TrialStateName]
+) -> float:
+    """What each pruned trial did not use, against the mean of the complete trials."""
+    full = [usage[n].gpu_seconds for n, s in states.items() if s == "COMPLETE" and n in usage]
+    mean_full = sum(full) / len(full) if full else 0.0
+    return sum(
+        max(0.0, mean_full - usage[n].gpu_seconds)
+        for n, s in states.items()
+        if s == "PRUNED" and n in usage
+    )
 
 
 def build_status(

@@ -29,6 +29,7 @@ from operator_fixtures import (
 )
 
 from harness import Cluster
+from kubetune.cli import main
 
 NS = "default"
 
@@ -164,7 +165,11 @@ def test_a_grid_study_ends_when_every_point_was_tried(
 
 
 def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
-    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+    cluster: Cluster,
+    operator_env_vars: str,
+    postgres_password: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     manifest = study_manifest(
         "budget",
@@ -201,6 +206,18 @@ def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
     assert final["gpuSeconds"]["used"] == pytest.approx(sum(s for _, s in usage.values()), 0.01)
     assert reasons_of(cluster, "budget").count("TrialsStopped") == 1
     assert "TrialFailed" not in reasons_of(cluster, "budget")  # one Event, not one per trial
+
+    # `kubetune status` reads the same story from the PostgreSQL ledger (item 9).
+    capsys.readouterr()
+    assert main(["status", "default/budget", "--storage", operator_env_vars]) == 0
+    out = capsys.readouterr().out
+    assert f"Study:        {final['optunaStudyName']}  (TuningStudy default/budget)" in out
+    assert "2 total: 0 running, 0 complete, 0 pruned, 2 failed" in out
+    assert f"GPU-seconds:  {sum(s for _, s in usage.values()):.1f} used" in out
+    rows = out.split("Last 2 trials:\n")[1].splitlines()[1:]
+    assert [r.split()[:2] for r in rows] == [["0", "FAIL"], ["1", "FAIL"]]
+    assert all("StudyStopped" in r for r in rows)
+    assert postgres_password not in out
 
 
 def test_suspend_suspends_the_running_jobs_and_resume_runs_them_again(

@@ -12,6 +12,7 @@ import yaml
 
 from kubetune.cli import main
 from kubetune.crd import crd_yaml
+from kubetune.spec import parse_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,3 +212,112 @@ def test_a_local_study_ends_at_its_goal_and_stops_the_running_trials(
         .user_attrs["kubetune:fail_reason"]
         .startswith("StudyStopped: the study stopped (GoalReached: trial 1")
     )
+
+
+def test_status_of_a_local_run_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kubetune status NAME`` alone reads the local run's default storage, here."""
+    monkeypatch.chdir(tmp_path)
+    manifest = local_manifest(tmp_path, name="mixed")
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["trial"]["template"]["spec"]["containers"][0]["command"] = [
+        "python",
+        "-c",
+        "import os, sys\n"
+        "if os.environ['KUBETUNE_PARAM_LAYERS'] == '2': sys.exit(3)\n" + LR_IS_THE_VALUE,
+    ]
+    manifest.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(manifest)]) == 0
+    capsys.readouterr()
+    assert main(["status", "mixed", "--last", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "Study:        mixed"
+    assert lines[1] == "Objectives:   acc (maximize)"
+    assert lines[2] == (
+        "Trials:       4 total: 0 running, 2 complete, 0 pruned, 2 failed "
+        "(0 retried attempts, 0 waiting)"
+    )
+    assert lines[3] == "Best:         trial " + lines[3].split("trial ")[1]
+    assert lines[3].endswith("acc=0.2") and lines[4].strip() == "layers=1,lr=0.2"
+    assert "GPU-seconds:  not recorded" in lines[5]
+    assert lines[6] == "Last 3 trials:"
+    header, *rows = lines[7:]
+    assert header.split() == [
+        "TRIAL", "STATE", "VALUES", "ATTEMPTS", "DURATION", "REASON", "PARAMS",
+    ]  # fmt: skip
+    assert [r.split()[0] for r in rows] == ["1", "2", "3"]
+    failed = [r.split() for r in rows if "FAIL" in r]
+    assert failed and all(r[4] == "ExitCode" and r[5].startswith("layers=2,") for r in failed)
+    assert main(["status", "nothing"]) == 2
+    assert "no local run of 'nothing' here" in capsys.readouterr().err
+
+
+def _operator_study(storage: str, uid: str, *, values: list[float]) -> None:
+    """A study as the operator leaves it, written through the operator's own ledger."""
+    from kubetune.ledger import Ledger
+    from kubetune.reconcile import RecordUsage
+
+    spec = parse_manifest(
+        yaml.safe_load(
+            local_manifest(
+                Path(storage.removeprefix("sqlite:///")).parent,
+                name="op",
+                sampler={"type": "Random", "seed": 1},
+                space=[{"name": "lr", "float": {"low": 0.1, "high": 0.2}}],
+            ).read_text()
+        )
+    ).spec
+    ledger = Ledger(storage)
+    study = ledger.open(spec, namespace="team", name="op", uid=uid)
+    for v in values:
+        number, _ = ledger.ask(study, spec)
+        ledger.tell(study, number, "COMPLETE", [v])
+    number, _ = ledger.ask(study, spec)
+    ledger.set_attempt(study, number, 1)  # retried once, then stopped with the study
+    ledger.tell(study, number, "FAIL", reason="StudyStopped", message="the study stopped")
+    usage = [RecordUsage(n, 1, 100.0 * (n + 1)) for n in range(len(values) + 1)]
+    ledger.record_usage(study, usage)
+
+
+def test_status_of_an_operator_study_by_tuningstudy_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path}/op.db"
+    _operator_study(storage, "uid-1", values=[0.1])
+    _operator_study(storage, "uid-2", values=[0.3, 0.9])  # created again: the newest
+    assert main(["status", "team/op", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "2 studies match 'team/op' (the TuningStudy was created again); "
+        "showing the newest, team.op.uid-2\n"
+        "Study:        team.op.uid-2  (TuningStudy team/op)\n"
+    )
+    assert "3 total: 0 running, 2 complete, 0 pruned, 1 failed (1 retried attempts" in out
+    assert "Best:         trial 1: objective 0=0.9" in out
+    assert "GPU-seconds:  600.0 used, 0.0 saved by pruning" in out
+    table = out.split("Last 3 trials:\n")[1].splitlines()
+    assert table[0].split() == [
+        "TRIAL", "STATE", "VALUES", "ATTEMPTS", "DURATION", "REASON", "PARAMS",
+    ]  # fmt: skip
+    # Trial 2 has no values: its row reads number, state, attempts, duration, reason, params.
+    assert table[3].split()[:5] == ["2", "FAIL", "2", "0s", "StudyStopped"]
+    # The Optuna study name works too, and so does the bare TuningStudy name.
+    assert main(["status", "team.op.uid-1", "--storage", storage, "--last", "0"]) == 0
+    first = capsys.readouterr().out
+    assert "Study:        team.op.uid-1" in first and "Last" not in first
+    assert main(["status", "op", "--storage", storage]) == 0
+    assert "team.op.uid-2" in capsys.readouterr().out
+    # Without a name: the storage's studies, as kubectl would list them.
+    assert main(["status", "--storage", storage]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split() == ["STUDY", "TUNINGSTUDY", "TRIALS", "DIRECTIONS", "STARTED"]
+    assert [r.split()[:4] for r in listing[1:]] == [
+        ["team.op.uid-1", "team/op", "2", "maximize"],
+        ["team.op.uid-2", "team/op", "3", "maximize"],
+    ]
+    assert main(["status", "other", "--storage", storage]) == 2
+    assert "no study 'other' in this storage" in capsys.readouterr().err
+    assert main(["status"]) == 2
+    assert "give a study NAME" in capsys.readouterr().err

@@ -24,12 +24,11 @@ from kubetune.reconcile._budget import (
 from kubetune.reconcile._gpu import (
     GpuAccount,
     gpu_account,
-    gpu_seconds_saved,
     gpu_seconds_used,
     settle_usage,
 )
 from kubetune.spec import Budget, Objective
-from kubetune.status import TrialRecord, TrialStateName, TrialUsage
+from kubetune.status import TrialRecord, TrialStateName, TrialUsage, gpu_seconds_saved
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

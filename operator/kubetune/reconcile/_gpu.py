@@ -9,9 +9,9 @@ from datetime import datetime
 from kubetune.jobs import ObservedJob
 from kubetune.reconcile._actions import RecordUsage
 from kubetune.reconcile._observed import is_active, job_seconds
-from kubetune.status import TrialRecord, TrialStateName, TrialUsage
+from kubetune.status import TrialRecord, TrialStateName, TrialUsage, gpu_seconds_saved
 
-__all__ = ["GpuAccount", "gpu_account", "gpu_seconds_saved", "gpu_seconds_used", "settle_usage"]
+__all__ = ["GpuAccount", "gpu_account", "gpu_seconds_used", "settle_usage"]
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,6 @@ def gpu_seconds_used(
     """Settled usage plus what the live Jobs have run so far."""
     settled = sum(u.gpu_seconds for u in usage.values())
     return settled + sum(job_seconds(j, now) * gpus for j in jobs if is_active(j))
-
-
-def gpu_seconds_saved(
-    usage: Mapping[int, TrialUsage], states: Mapping[int, TrialStateName]
-) -> float:
-    """What each pruned trial did not use, against the mean of the complete trials."""
-    full = [usage[n].gpu_seconds for n, s in states.items() if s == "COMPLETE" and n in usage]
-    mean_full = sum(full) / len(full) if full else 0.0
-    return sum(
-        max(0.0, mean_full - usage[n].gpu_seconds)
-        for n, s in states.items()
-        if s == "PRUNED" and n in usage
-    )
 
 
 def gpu_account(

@@ -252,7 +252,7 @@ class KubeApi:
     @staticmethod
     def wait_for(
         predicate: Callable[[], Any],
-        timeout: float = 20.0,
+        timeout: float = 120.0,
         interval: float = 0.05,
         message: str = "",
     ) -> Any:

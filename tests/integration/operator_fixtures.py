@@ -147,7 +147,7 @@ def condition(
 
 
 def wait_state(
-    cluster: Cluster, name: str, state: str, namespace: str = "default", timeout: float = 40.0
+    cluster: Cluster, name: str, state: str, namespace: str = "default", timeout: float = 180.0
 ) -> dict[str, Any]:
     cluster.api.wait_for(
         lambda: status(cluster, name, namespace).get("state") == state,

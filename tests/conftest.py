@@ -13,14 +13,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from harness.cluster import Cluster
+from harness.control_plane import ControlPlane, ControlPlaneUnavailableError
+from harness.postgres import PostgresServer, PostgresUnavailableError, start_server
+
 # A loaded CI machine can take longer than Hypothesis's 200 ms default deadline for an example;
 # a deadline there is a timed assertion, so none (issue 18).
 settings.register_profile("kubetune", deadline=None)
 settings.load_profile("kubetune")
-
-from harness.cluster import Cluster
-from harness.control_plane import ControlPlane, ControlPlaneUnavailableError
-from harness.postgres import PostgresServer, PostgresUnavailableError, start_server
 
 
 def _must_not_skip() -> bool:

@@ -53,7 +53,10 @@ ALL_NAMESPACES = [*BASE_VALUES, "watch.mode=AllNamespaces"]
 
 #: Grants the runs below do not exercise, with the reason each is still granted. Empty: every
 #: grant of the chart is used by a plain study run. Add an entry only with its reason.
-UNEXERCISED_GRANTS: dict[Permission, str] = {}
+UNEXERCISED_GRANTS: dict[Permission, str] = {
+    ("batch", "jobs", "patch"): "spec.suspend: true/false sets spec.suspend on the running "
+    "Jobs (tests/integration/test_operator_lifecycle.py runs it; this workload does not)",
+}
 
 
 @dataclasses.dataclass

@@ -158,7 +158,7 @@ the requests of a real run; tests/chart/rbac.py reads them back).
   verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "list", "watch", "delete"]
+  verbs: ["create", "list", "watch", "delete", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]

@@ -444,14 +444,17 @@ class _ReportAPI:
             )
         except _Reply:
             raise
-        except _STORAGE_ERRORS:
+        except _STORAGE_ERRORS as exc:
+            # Expected and transient (a database outage, a study not opened yet or just
+            # deleted): one line, no traceback; the trainer retries on the 503.
             logger.warning(
-                "Failed to reach the trial ledger namespace=%s study=%s trial=%s action=%s",
+                "Failed to reach the trial ledger namespace=%s study=%s trial=%s action=%s "
+                "error=%s",
                 ns,
                 study,
                 number,
                 action,
-                exc_info=True,
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300],
             )
             raise _error(
                 503, "trial ledger unavailable, retry later", **{"Retry-After": self.retry_after}

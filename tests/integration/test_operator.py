@@ -18,7 +18,6 @@ from operator_fixtures import (
     condition,
     events,
     jobs,
-    operator_env,
     operator_process,
     optuna_trials,
     run_operator_thread,
@@ -32,13 +31,6 @@ from harness import Cluster, PostgresServer
 from harness.postgres import free_port
 
 NS = "default"
-
-
-@pytest.fixture
-def operator_env_vars(fresh_database: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in operator_env(fresh_database).items():
-        monkeypatch.setenv(key, value)
-    return fresh_database
 
 
 def test_study_runs_to_succeeded_and_status_events_database_agree(

@@ -39,13 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN_KEY = operator_env("x")["KUBETUNE_TOKEN_KEY"]
 
 
-@pytest.fixture
-def operator_env_vars(fresh_database: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in operator_env(fresh_database).items():
-        monkeypatch.setenv(key, value)
-    return fresh_database
-
-
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())

@@ -19,7 +19,6 @@ from operator_fixtures import (
     condition,
     events,
     jobs,
-    operator_env,
     optuna_trials,
     run_operator_thread,
     status,
@@ -32,13 +31,6 @@ from harness import Cluster
 from kubetune.cli import main
 
 NS = "default"
-
-
-@pytest.fixture
-def operator_env_vars(fresh_database: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in operator_env(fresh_database).items():
-        monkeypatch.setenv(key, value)
-    return fresh_database
 
 
 def reasons_of(cluster: Cluster, name: str, namespace: str = NS) -> list[str]:

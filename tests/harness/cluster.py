@@ -49,9 +49,6 @@ class ClusterApi(KubeApi):
     def drop_watches(self) -> None:
         self.proxy.drop_watches()
 
-    def apply_file(self, plane: ControlPlane, path: Path) -> None:
-        plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-
 
 @dataclasses.dataclass(frozen=True)
 class Seen:

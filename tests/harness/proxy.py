@@ -124,8 +124,6 @@ def describe(method: str, path: str, query: dict[str, str], status: int) -> Requ
     resource, name, ns = parts.get("resource"), parts.get("name"), parts.get("ns")
     if resource is None and ns is not None:  # /api/v1/namespaces/NAME
         resource, name, ns = "namespaces", ns, None
-    elif resource == "namespaces" and name is None and ns is None:
-        pass
     verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, "")
     if method == "GET":
         watching = query.get("watch") in ("1", "true")

@@ -6,7 +6,8 @@ when it sends one, else the cluster-admin certificate). It also records what the
 for, so a test can check least privilege or count 409s.
 
 ``proxy.faults.add(status=429, retry_after=1, path=r"/jobs$", verbs=("create",), times=3)``,
-``probability=p``, ``hang=True, hang_seconds=s``; ``proxy.drop_watches()`` closes every open
+``probability=p``, ``every=n`` (every nth match, for faults a test must see),
+``hang=True, hang_seconds=s``; ``proxy.drop_watches()`` closes every open
 watch stream (clients must reconnect); ``proxy.gone_watches(n)`` answers the next ``n`` watch
 requests with ``410 Gone``, as a server that compacted its history does.
 """
@@ -59,8 +60,16 @@ class FaultRule:
     hang: bool = False  # hold the request for ``hang_seconds``, then forward it
     hang_seconds: float = 30.0
     probability: float = 1.0
+    every: int | None = None  # hit every Nth match (deterministic; overrides probability)
     times: int | None = None  # how many more requests to hit; None: until removed
     hits: int = 0
+    seen: int = 0
+
+    def fires(self, draw: float) -> bool:
+        self.seen += 1
+        if self.every is not None:
+            return self.seen % self.every == 0
+        return draw < self.probability
 
     def matches(self, method: str, path: str, verb: str) -> bool:
         return (
@@ -102,7 +111,7 @@ class Faults:
     def pick(self, method: str, path: str, verb: str) -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, path, verb) and self._random.random() < rule.probability:
+                if rule.matches(method, path, verb) and rule.fires(self._random.random()):
                     rule.hits += 1
                     if rule.times is not None:
                         rule.times -= 1

@@ -20,12 +20,14 @@ def test_studies_converge_under_api_faults(operator_world: World) -> None:
     # Let the operator start cleanly; a real cluster's API is healthy when the pod starts.
     world.wait(lambda: "Started kubetune operator" in world.logs(), 60, "operator never started")
     rules = [
-        api.faults.add(path=r"/apis?/", status=429, retry_after=1, probability=0.04),
-        api.faults.add(path=r"/apis?/", status=500, probability=0.03),
+        # Every nth request rather than a probability: how many requests a run makes depends
+        # on the machine's speed, and each fault must happen at least once in every run.
+        api.faults.add(path=r"/apis?/", status=429, retry_after=1, every=25),
+        api.faults.add(path=r"/apis?/", status=500, every=31),
         api.faults.add(
-            path=r"/tuningstudies/[^/]+/status$", methods=("PATCH",), status=409, probability=0.1
+            path=r"/tuningstudies/[^/]+/status$", methods=("PATCH",), status=409, every=9
         ),
-        api.faults.add(path=r"/apis?/", hang=True, hang_seconds=0.7, probability=0.03),
+        api.faults.add(path=r"/apis?/", hang=True, hang_seconds=0.7, every=29),
     ]
     stop = threading.Event()
 

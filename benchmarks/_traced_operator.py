@@ -27,7 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 # Importing the module registers every kopf handler, as ``-m kubetune.handlers`` would.
-from kubetune import handlers
+from kubetune import (
+    handlers,  # noqa: F401
+    kube_client,
+    runtime,
+    study_loop,
+)
+from kubetune.jobs import study_label
 
 _PATH = os.environ.get("KUBETUNE_BENCH_TRACE", "operator-trace.jsonl")
 _lock = threading.Lock()
@@ -47,23 +53,23 @@ def _study_of(study: Any) -> str:
 
 # ---- wake-ups --------------------------------------------------------------------------------
 
-_original_wake = handlers.Runtime.wake
+_original_wake = runtime.Runtime.wake
 
 
-def _wake(self: handlers.Runtime, namespace: str | None, label: str | None) -> None:
+def _wake(self: runtime.Runtime, namespace: str | None, label: str | None) -> None:
     _emit("wake", f"{namespace}/{label}", time.monotonic(), 0.0)
     _original_wake(self, namespace, label)
 
 
-handlers.Runtime.wake = _wake  # type: ignore[method-assign]
+runtime.Runtime.wake = _wake  # type: ignore[method-assign]
 
 
 # ---- the executor: queue wait vs the call ----------------------------------------------------
 
-_original_db = handlers.Runtime.db
+_original_db = runtime.Runtime.db
 
 
-async def _db(self: handlers.Runtime, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def _db(self: runtime.Runtime, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     submitted = time.monotonic()
     timing: dict[str, float] = {}
 
@@ -84,14 +90,14 @@ async def _db(self: handlers.Runtime, fn: Callable[..., Any], *args: Any, **kwar
         _emit(f"db.{name}", study, submitted, end - submitted, queued=start - submitted)
 
 
-handlers.Runtime.db = _db  # type: ignore[method-assign]
+runtime.Runtime.db = _db  # type: ignore[method-assign]
 
 
 # ---- Kubernetes calls ------------------------------------------------------------------------
 
 
 def _timed_api(name: str) -> None:
-    original = getattr(handlers.KubeApi, name)
+    original = getattr(kube_client.KubeApi, name)
 
     @functools.wraps(original)
     def wrapper(self: Any, namespace: str, *args: Any, **kwargs: Any) -> Any:
@@ -101,7 +107,7 @@ def _timed_api(name: str) -> None:
         finally:
             _emit(f"api.{name}", namespace, start, time.monotonic() - start)
 
-    setattr(handlers.KubeApi, name, wrapper)
+    setattr(kube_client.KubeApi, name, wrapper)
 
 
 for _name in ("create_job", "patch_status", "delete_job"):
@@ -110,15 +116,15 @@ for _name in ("create_job", "patch_status", "delete_job"):
 
 # ---- the pass and the pure decision ------------------------------------------------------------
 
-_original_reconcile = handlers.reconcile_study
-_original_decide = handlers.decide
+_original_reconcile = study_loop.reconcile_study
+_original_decide = study_loop.decide
 
 
 async def _reconcile_study(
-    rt: handlers.Runtime, body: Any, jobs_index: Any, pods_index: Any
+    rt: runtime.Runtime, body: Any, jobs_index: Any, pods_index: Any
 ) -> float:
     start = time.monotonic()
-    study = f"{body.metadata.namespace}/{handlers.study_label(str(body.metadata.name))}"
+    study = f"{body.metadata.namespace}/{study_label(str(body.metadata.name))}"
     try:
         return await _original_reconcile(rt, body, jobs_index, pods_index)
     finally:
@@ -139,5 +145,5 @@ def _decide(spec: Any, *args: Any, **kwargs: Any) -> Any:
     return decision
 
 
-handlers.reconcile_study = _reconcile_study  # type: ignore[assignment]
-handlers.decide = _decide  # type: ignore[assignment]
+study_loop.reconcile_study = _reconcile_study  # type: ignore[assignment]
+study_loop.decide = _decide  # type: ignore[assignment]

@@ -14,13 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune import config
 from kubetune.spec import SpecError, load_manifest
 
 if TYPE_CHECKING:
     import optuna
     from rich.console import Console
 
-    from kubetune.status import TrialRecord
+    from kubetune.spec import TuningStudy, TuningStudySpec
+    from kubetune.status import LedgerSnapshot, TrialRecord
 
 __all__ = ["main"]
 
@@ -49,27 +51,43 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     import optuna
-    from rich.table import Table
-
-    from kubetune.jobs import render_job
-    from kubetune.sampling import directions, grid_trials, make_pruner, make_sampler
-    from kubetune.search_space import distributions, space_size, suggest_params
 
     ts = load_manifest(args.file)
-    spec = ts.spec
     con = _console()
     con.print(f"[bold]TuningStudy {ts.metadata.name}[/bold] is valid.")
-    table = Table("parameter", "distribution", "when", title="Search space")
-    for p in spec.search_space:
-        when = p.when.describe() if p.when else ""
-        table.add_row(p.name, repr(distributions(spec)[p.name]), when)
-    con.print(table)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = make_sampler(spec)
-    pruner = make_pruner(spec)
+    _print_space(con, ts.spec)
+    _print_settings(con, ts.spec)
+    first_job = _print_proposals(con, ts, args.trials)
+    if first_job is not None:
+        import yaml
+
+        con.print("[bold]Trial 0 becomes this Job:[/bold]")
+        con.print(yaml.safe_dump(first_job, sort_keys=False), markup=False, highlight=False)
+    return 0
+
+
+def _print_space(con: Console, spec: TuningStudySpec) -> None:
+    from rich.table import Table
+
+    from kubetune.search_space import distributions
+
+    table = Table("parameter", "distribution", "when", title="Search space")
+    dists = distributions(spec)
+    for p in spec.search_space:
+        table.add_row(p.name, repr(dists[p.name]), p.when.describe() if p.when else "")
+    con.print(table)
+
+
+def _print_settings(con: Console, spec: TuningStudySpec) -> None:
+    """Objectives, sampler and pruner, budget, and where a grid ends the study."""
+    from kubetune.sampling import grid_trials, make_pruner, make_sampler
+    from kubetune.search_space import space_size
+
     objectives = ", ".join(f"{o.name} ({o.direction})" for o in spec.objectives)
     con.print(f"Objectives: {objectives}")
-    con.print(f"Sampler: {type(sampler).__name__}  Pruner: {type(pruner).__name__}")
+    sampler, pruner = type(make_sampler(spec)).__name__, type(make_pruner(spec)).__name__
+    con.print(f"Sampler: {sampler}  Pruner: {pruner}")
     b = spec.budget
     con.print(
         f"Budget: maxTrials={b.max_trials} parallelism={b.parallelism} "
@@ -77,20 +95,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"maxGpuSeconds={b.max_gpu_seconds}"
     )
     points, cap = space_size(spec), grid_trials(spec)
-    if points is not None and cap is not None:
-        line = f"Grid: {points} points"
-        if cap > points:
-            line += f" + {cap - points} warm-start trials"
-        if cap < b.max_trials:
-            line += (
-                f"; the study ends after {cap} trials (SearchSpaceExhausted), "
-                f"before maxTrials={b.max_trials}"
-            )
-        con.print(line)
-    study = optuna.create_study(sampler=sampler, pruner=pruner, directions=directions(spec))
+    if points is None or cap is None:
+        return
+    line = f"Grid: {points} points"
+    if cap > points:
+        line += f" + {cap - points} warm-start trials"
+    if cap < b.max_trials:
+        line += (
+            f"; the study ends after {cap} trials (SearchSpaceExhausted), "
+            f"before maxTrials={b.max_trials}"
+        )
+    con.print(line)
+
+
+def _print_proposals(con: Console, ts: TuningStudy, wanted: int) -> dict[str, Any] | None:
+    """The sampler's first proposals (told PRUNED: a neutral value keeps model-based samplers
+    from stalling on missing results); returns trial 0's Job."""
+    import optuna
+    from rich.table import Table
+
+    from kubetune.jobs import render_job
+    from kubetune.sampling import directions, grid_trials, make_pruner, make_sampler
+    from kubetune.search_space import suggest_params
+
+    spec = ts.spec
+    study = optuna.create_study(
+        sampler=make_sampler(spec), pruner=make_pruner(spec), directions=directions(spec)
+    )
     for fixed in spec.enqueue_trials:
         study.enqueue_trial(dict(fixed), skip_if_exists=True)
-    shown = min(args.trials, b.max_trials, cap or b.max_trials)
+    shown = min(wanted, spec.budget.max_trials, grid_trials(spec) or spec.budget.max_trials)
     proposals = Table("trial", "parameters", title=f"First {shown} proposals")
     first_job: dict[str, Any] | None = None
     for _ in range(shown):
@@ -104,19 +138,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 trial.number,
                 0,
                 params,
-                report_url="http://kubetune-report.kubetune.svc:8082",
+                report_url=f"http://kubetune-report.kubetune.svc:{config.DEFAULT_REPORT_PORT}",
                 token="<per-trial token>",
                 optuna_study_name="<namespace>.<name>.<uid>",
             )
-        # A neutral value keeps model-based samplers from stalling on missing results.
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     con.print(proposals)
-    if first_job is not None:
-        import yaml
-
-        con.print("[bold]Trial 0 becomes this Job:[/bold]")
-        con.print(yaml.safe_dump(first_job, sort_keys=False), markup=False, highlight=False)
-    return 0
+    return first_job
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -306,20 +334,45 @@ def _params_text(params: Mapping[str, Any]) -> str:
 
 def _study_report(study: optuna.Study, *, last: int, now: datetime) -> str:
     """What ``kubetune status NAME`` prints (pure given the study and the clock)."""
-    from kubetune.ledger import USAGE_ATTR, snapshot
-    from kubetune.status import best_trial, gpu_seconds_saved, pareto_front, trial_counts
+    from kubetune.ledger import snapshot
 
     snap = snapshot(study)
-    trials = snap.trials
     directions = [d.name.lower() for d in study.directions]
     names = study.metric_names or [f"objective {i}" for i in range(len(directions))]
-    owner = study.user_attrs.get("kubetune:name")
+    out = _report_header(study, snap.trials, names, directions)
+    out += _report_best(snap.trials, names, directions)
+    out.append(_report_gpu(study, snap))
+    shown = [t for t in snap.trials if t.state != "WAITING"][-last:] if last > 0 else []
+    if not shown:
+        return "\n".join(out) + "\n"
+    out.append(f"Last {len(shown)} trials:")
+    rows = [
+        [
+            str(t.number),
+            t.state,
+            ",".join(_number(v) for v in t.values or ()),
+            str(t.attempt + 1),
+            _trial_seconds(t, now),
+            _trial_reason(t),
+            _params_text(t.params),
+        ]
+        for t in shown
+    ]
+    header = ["trial", "state", "values", "attempts", "duration", "reason", "params"]
+    return "\n".join(out) + "\n" + _kubectl_table(header, rows)
+
+
+def _report_header(
+    study: optuna.Study, trials: Sequence[TrialRecord], names: Sequence[str], directions: list[str]
+) -> list[str]:
+    from kubetune.status import trial_counts
+
     out = [f"Study:        {study.study_name}"]
+    owner = study.user_attrs.get("kubetune:name")
     if owner:
         out[0] += f"  (TuningStudy {study.user_attrs.get('kubetune:namespace')}/{owner})"
-    out.append(
-        "Objectives:   " + ", ".join(f"{n} ({d})" for n, d in zip(names, directions, strict=False))
-    )
+    objectives = ", ".join(f"{n} ({d})" for n, d in zip(names, directions, strict=False))
+    out.append(f"Objectives:   {objectives}")
     counts = trial_counts(trials)
     waiting = sum(1 for t in trials if t.state == "WAITING")
     out.append(
@@ -327,52 +380,45 @@ def _study_report(study: optuna.Study, *, last: int, now: datetime) -> str:
         f"{counts['completed']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
         f" ({counts['retried']} retried attempts, {waiting} waiting)"
     )
+    return out
+
+
+def _report_best(
+    trials: Sequence[TrialRecord], names: Sequence[str], directions: list[str]
+) -> list[str]:
+    """The best trial (one objective) or the first trials of the Pareto front (several)."""
+    from kubetune.status import best_trial, pareto_front
+
     if len(directions) == 1:
         best = best_trial(trials, directions[0])
         if best is None:
-            out.append("Best:         no complete trial yet")
-        else:
-            value = _number((best.values or (0.0,))[0])
-            out.append(f"Best:         trial {best.number}: {names[0]}={value}")
-            out.append(f"              {_params_text(best.params) or '(no parameters)'}")
-    else:
-        front = pareto_front(trials, directions)
-        out.append(f"Pareto front: {len(front)} trials" if front else "Pareto front: empty")
-        for t in front[:5]:
-            values = ", ".join(
-                f"{n}={_number(v)}" for n, v in zip(names, t.values or (), strict=False)
-            )
-            out.append(f"              trial {t.number}: {values}  {_params_text(t.params)}")
-    if USAGE_ATTR in study.user_attrs:
-        states = {t.number: t.state for t in trials}
-        used = sum(u.gpu_seconds for u in snap.usage.values())
-        saved = gpu_seconds_saved(snap.usage, states)
-        out.append(
-            f"GPU-seconds:  {used:.1f} used, {saved:.1f} saved by pruning "
-            "(finished attempts; the TuningStudy's status adds the running ones)"
-        )
-    else:
-        out.append("GPU-seconds:  not recorded (kubetune run does not account GPU time)")
-    shown = [t for t in trials if t.state != "WAITING"][-last:] if last > 0 else []
-    if shown:
-        out.append(f"Last {len(shown)} trials:")
-        rows = [
-            [
-                str(t.number),
-                t.state,
-                ",".join(_number(v) for v in t.values or ()),
-                str(t.attempt + 1),
-                _trial_seconds(t, now),
-                _trial_reason(t),
-                _params_text(t.params),
-            ]
-            for t in shown
+            return ["Best:         no complete trial yet"]
+        value = _number((best.values or (0.0,))[0])
+        return [
+            f"Best:         trial {best.number}: {names[0]}={value}",
+            f"              {_params_text(best.params) or '(no parameters)'}",
         ]
-        table = _kubectl_table(
-            ["trial", "state", "values", "attempts", "duration", "reason", "params"], rows
-        )
-        return "\n".join(out) + "\n" + table
-    return "\n".join(out) + "\n"
+    front = pareto_front(trials, directions)
+    out = [f"Pareto front: {len(front)} trials" if front else "Pareto front: empty"]
+    for t in front[:5]:
+        values = ", ".join(f"{n}={_number(v)}" for n, v in zip(names, t.values or (), strict=False))
+        out.append(f"              trial {t.number}: {values}  {_params_text(t.params)}")
+    return out
+
+
+def _report_gpu(study: optuna.Study, snap: LedgerSnapshot) -> str:
+    from kubetune.ledger import USAGE_ATTR
+    from kubetune.status import gpu_seconds_saved
+
+    if USAGE_ATTR not in study.user_attrs:
+        return "GPU-seconds:  not recorded (kubetune run does not account GPU time)"
+    states = {t.number: t.state for t in snap.trials}
+    used = sum(u.gpu_seconds for u in snap.usage.values())
+    saved = gpu_seconds_saved(snap.usage, states)
+    return (
+        f"GPU-seconds:  {used:.1f} used, {saved:.1f} saved by pruning "
+        "(finished attempts; the TuningStudy's status adds the running ones)"
+    )
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -438,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the Kubernetes operator")
     p.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeat)")
     p.add_argument("--all-namespaces", "-A", action="store_true")
-    p.add_argument("--metrics-port", type=int, default=8080)
-    p.add_argument("--health-port", type=int, default=8081)
-    p.add_argument("--report-port", type=int, default=8082)
+    p.add_argument("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT)
+    p.add_argument("--health-port", type=int, default=config.DEFAULT_HEALTH_PORT)
+    p.add_argument("--report-port", type=int, default=config.DEFAULT_REPORT_PORT)
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_operator)
     return parser

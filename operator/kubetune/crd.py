@@ -126,7 +126,48 @@ def open_api_schema() -> dict[str, Any]:
     }
 
 
+def _column(name: str, kind: str, path: str, description: str = "", **extra: Any) -> dict[str, Any]:
+    col: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path}
+    if description:
+        col["description"] = description
+    return {**col, **extra}
+
+
+#: What ``kubectl get tuningstudies`` shows (``-o wide`` adds priority 1).
+PRINTER_COLUMNS = [
+    _column("State", "string", ".status.state"),
+    _column("Trials", "string", ".status.progress", "Finished trials / maxTrials"),
+    _column("Running", "integer", ".status.trials.running"),
+    _column("Pruned", "integer", ".status.trials.pruned", priority=1),
+    _column("Failed", "integer", ".status.trials.failed", priority=1),
+    _column("Best", "string", ".status.bestValue"),
+    _column(
+        "Reason",
+        "string",
+        '.status.conditions[?(@.type=="Ready")].reason',
+        "Why the study is in its state, e.g. GoalReached",
+    ),
+    _column("Age", "date", ".metadata.creationTimestamp"),
+]
+
+
 def crd_manifest() -> dict[str, Any]:
+    version = {
+        "name": s.VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": PRINTER_COLUMNS,
+        "schema": {"openAPIV3Schema": open_api_schema()},
+    }
+    names = {
+        "kind": s.KIND,
+        "listKind": f"{s.KIND}List",
+        "plural": s.PLURAL,
+        "singular": s.SINGULAR,
+        "shortNames": list(s.SHORT_NAMES),
+        "categories": ["kubetune"],
+    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -134,61 +175,7 @@ def crd_manifest() -> dict[str, Any]:
             "name": f"{s.PLURAL}.{s.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "kubetune"},
         },
-        "spec": {
-            "group": s.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": s.KIND,
-                "listKind": f"{s.KIND}List",
-                "plural": s.PLURAL,
-                "singular": s.SINGULAR,
-                "shortNames": list(s.SHORT_NAMES),
-                "categories": ["kubetune"],
-            },
-            "versions": [
-                {
-                    "name": s.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "State", "type": "string", "jsonPath": ".status.state"},
-                        {
-                            "name": "Trials",
-                            "type": "string",
-                            "jsonPath": ".status.progress",
-                            "description": "Finished trials / maxTrials",
-                        },
-                        {
-                            "name": "Running",
-                            "type": "integer",
-                            "jsonPath": ".status.trials.running",
-                        },
-                        {
-                            "name": "Pruned",
-                            "type": "integer",
-                            "jsonPath": ".status.trials.pruned",
-                            "priority": 1,
-                        },
-                        {
-                            "name": "Failed",
-                            "type": "integer",
-                            "jsonPath": ".status.trials.failed",
-                            "priority": 1,
-                        },
-                        {"name": "Best", "type": "string", "jsonPath": ".status.bestValue"},
-                        {
-                            "name": "Reason",
-                            "type": "string",
-                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-                            "description": "Why the study is in its state, e.g. GoalReached",
-                        },
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {"openAPIV3Schema": open_api_schema()},
-                }
-            ],
-        },
+        "spec": {"group": s.GROUP, "scope": "Namespaced", "names": names, "versions": [version]},
     }
 
 

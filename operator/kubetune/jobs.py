@@ -153,24 +153,12 @@ def render_job(
     """
     study = str(study_manifest_meta["name"])
     namespace = study_manifest_meta.get("namespace")
-    uid = str(study_manifest_meta.get("uid") or "")
-    name = job_name(study, trial_number, attempt)
     labels = {
         LABEL_STUDY: study_label(study),
         LABEL_TRIAL: str(trial_number),
         LABEL_ATTEMPT: str(attempt),
         LABEL_MANAGED_BY: "kubetune",
     }
-
-    template = copy.deepcopy(dict(spec.trial.template))
-    tmeta = dict(template.get("metadata") or {})
-    tmeta["labels"] = {**dict(tmeta.get("labels") or {}), **labels}
-    template["metadata"] = tmeta
-    pod = dict(template["spec"])
-    pod["restartPolicy"] = "Never"
-    containers = [_with_string_quantities(dict(c)) for c in pod["containers"]]
-    trainer = _trainer_index(containers, spec.trial.container_name)
-
     env: dict[str, str] = dict(param_env(dict(params)))
     env["KUBETUNE_NAMESPACE"] = str(namespace or "")
     env["KUBETUNE_STUDY"] = study
@@ -181,6 +169,43 @@ def render_job(
             env["KUBETUNE_REPORT_URL"] = report_url
         if token:
             env["KUBETUNE_TRIAL_TOKEN"] = token
+    template, trainer = _pod_template(spec, labels, env)
+    job_spec = _job_spec(spec, template, trainer)
+    job_labels = dict(labels)
+    if spec.trial.queue_name:
+        job_labels[LABEL_QUEUE] = spec.trial.queue_name
+        job_spec["suspend"] = True
+    owner = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningStudy",
+        "name": study,
+        "uid": str(study_manifest_meta.get("uid") or ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    metadata: dict[str, Any] = {
+        "name": job_name(study, trial_number, attempt),
+        "labels": job_labels,
+        "annotations": {ANNOTATION_OPTUNA_STUDY: optuna_study_name},
+        "ownerReferences": [owner],
+    }
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def _pod_template(
+    spec: TuningStudySpec, labels: Mapping[str, str], env: Mapping[str, str]
+) -> tuple[dict[str, Any], str]:
+    """The user's pod template with our labels and env; returns it and the trainer's name."""
+    template = copy.deepcopy(dict(spec.trial.template))
+    tmeta = dict(template.get("metadata") or {})
+    tmeta["labels"] = {**dict(tmeta.get("labels") or {}), **labels}
+    template["metadata"] = tmeta
+    pod = dict(template["spec"])
+    pod["restartPolicy"] = "Never"
+    containers = [_with_string_quantities(dict(c)) for c in pod["containers"]]
+    trainer = _trainer_index(containers, spec.trial.container_name)
     ours = [{"name": k, "value": v} for k, v in env.items()]
     for i, c in enumerate(containers):
         # Ours come first so that the user's own env entries and `$(VAR)` in args can use them;
@@ -190,10 +215,14 @@ def render_job(
         if i == trainer and spec.trial.result.from_ == "TerminationMessage":
             c.setdefault("terminationMessagePath", "/dev/termination-log")
             c["terminationMessagePolicy"] = "File"
-        containers[i] = c
     pod["containers"] = containers
     template["spec"] = pod
+    return template, str(containers[trainer]["name"])
 
+
+def _job_spec(spec: TuningStudySpec, template: dict[str, Any], trainer: str) -> dict[str, Any]:
+    """One pod, no Job-level retries: a disruption or the trainer's non-zero exit fails the
+    Job at once, and the operator decides (retry the attempt, or fail the trial)."""
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "completions": 1,
@@ -203,11 +232,7 @@ def render_job(
                 {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 {
                     "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": containers[trainer]["name"],
-                        "operator": "NotIn",
-                        "values": [0],
-                    },
+                    "onExitCodes": {"containerName": trainer, "operator": "NotIn", "values": [0]},
                 },
             ]
         },
@@ -217,29 +242,7 @@ def render_job(
         job_spec["activeDeadlineSeconds"] = spec.trial.active_deadline_seconds
     if spec.trial.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.trial.ttl_seconds_after_finished
-    job_labels = dict(labels)
-    if spec.trial.queue_name:
-        job_labels[LABEL_QUEUE] = spec.trial.queue_name
-        job_spec["suspend"] = True
-
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": job_labels,
-        "annotations": {ANNOTATION_OPTUNA_STUDY: optuna_study_name},
-        "ownerReferences": [
-            {
-                "apiVersion": "kubetune.io/v1alpha1",
-                "kind": "TuningStudy",
-                "name": study,
-                "uid": uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ],
-    }
-    if namespace:
-        metadata["namespace"] = namespace
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    return job_spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,82 +332,12 @@ def observe_job(
         return None
     name = str(meta.get("name", ""))
     status = job.get("status") or {}
-    spec = job.get("spec") or {}
-    own_pods = [
-        p
-        for p in pods
-        if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == name
-        or (
-            _int_label((p.get("metadata") or {}).get("labels") or {}, LABEL_TRIAL) == trial
-            and _int_label((p.get("metadata") or {}).get("labels") or {}, LABEL_ATTEMPT) == attempt
-        )
-    ]
-    trainer = _trainer_name(job)
-
+    own_pods = [p for p in pods if _pod_of(p, name, trial, attempt)]
+    exit_code, termination = _trainer_exit(own_pods, _trainer_name(job))
     failed = _condition(job, "Failed")
     complete = _condition(job, "Complete")
-    phase: JobPhase
-    failure: FailureKind | None = None
-    message = ""
-    exit_code: int | None = None
-    termination: str | None = None
-    for p in own_pods:
-        term = _terminated(p, trainer)
-        if term is not None:
-            if isinstance(term.get("exitCode"), int):
-                exit_code = term["exitCode"]
-            if isinstance(term.get("message"), str) and term["message"]:
-                termination = term["message"]
-    if complete is not None:
-        phase = "Succeeded"
-    elif failed is not None:
-        phase = "Failed"
-        reason = str(failed.get("reason") or "")
-        message = str(failed.get("message") or reason)
-        match = _RULE_INDEX_RE.search(message)
-        disrupted = any(_condition(p, "DisruptionTarget") for p in own_pods)
-        if reason == "DeadlineExceeded":
-            failure = "DeadlineExceeded"
-        elif reason == "PodFailurePolicy" and match is not None:
-            index = int(match.group(1))
-            failure = "Disruption" if index == DISRUPTION_RULE_INDEX else "UserError"
-        elif disrupted:
-            failure = "Disruption"
-        else:
-            failure = "UserError"
-    elif spec.get("suspend") is True:
-        phase = "Suspended"
-    else:
-        phase = "Active"
-
-    waiting_reason: str | None = None
-    waiting_message = ""
-    waiting_since: datetime | None = None
-    if phase == "Active":
-        for p in own_pods:
-            pmeta = p.get("metadata") or {}
-            pstatus = p.get("status") or {}
-            since = parse_time(pmeta.get("creationTimestamp"))
-            for cs in pstatus.get("containerStatuses") or []:
-                waiting = (
-                    (cs.get("state") or {}).get("waiting") if isinstance(cs, Mapping) else None
-                )
-                if isinstance(waiting, Mapping) and waiting.get("reason") in IMAGE_PULL_REASONS:
-                    waiting_reason = str(waiting["reason"])
-                    waiting_message = str(waiting.get("message") or "")
-                    waiting_since = since
-            for c in pstatus.get("conditions") or []:
-                if (
-                    isinstance(c, Mapping)
-                    and c.get("type") == "PodScheduled"
-                    and c.get("status") == "False"
-                    and c.get("reason") == "Unschedulable"
-                    and waiting_reason is None
-                ):
-                    waiting_reason = "Unschedulable"
-                    waiting_message = str(c.get("message") or "")
-                    waiting_since = parse_time(c.get("lastTransitionTime")) or since
-
+    phase, failure, message = _phase(job, failed, complete, own_pods)
+    waiting = _waiting(own_pods) if phase == "Active" else (None, "", None)
     return ObservedJob(
         name=name,
         trial=trial,
@@ -417,11 +350,93 @@ def observe_job(
         completion_time=parse_time(status.get("completionTime"))
         or parse_time((failed or complete or {}).get("lastTransitionTime")),
         termination_message=termination,
-        waiting_reason=waiting_reason,
-        waiting_message=waiting_message,
-        waiting_since=waiting_since,
+        waiting_reason=waiting[0],
+        waiting_message=waiting[1],
+        waiting_since=waiting[2],
         deleting=bool(meta.get("deletionTimestamp")),
     )
+
+
+def _pod_of(pod: Mapping[str, Any], job: str, trial: int, attempt: int) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if labels.get("job-name") == job:
+        return True
+    return _int_label(labels, LABEL_TRIAL) == trial and _int_label(labels, LABEL_ATTEMPT) == attempt
+
+
+def _trainer_exit(
+    pods: Sequence[Mapping[str, Any]], trainer: str | None
+) -> tuple[int | None, str | None]:
+    """The trainer container's exit code and termination message, where it terminated."""
+    exit_code: int | None = None
+    termination: str | None = None
+    for p in pods:
+        term = _terminated(p, trainer)
+        if term is not None:
+            if isinstance(term.get("exitCode"), int):
+                exit_code = term["exitCode"]
+            if isinstance(term.get("message"), str) and term["message"]:
+                termination = term["message"]
+    return exit_code, termination
+
+
+def _phase(
+    job: Mapping[str, Any],
+    failed: Mapping[str, Any] | None,
+    complete: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+) -> tuple[JobPhase, FailureKind | None, str]:
+    """(phase, why it failed, the Job's failure message). Which podFailurePolicy rule fired
+    tells a disruption (retry the attempt) from the trainer's own failure."""
+    if complete is not None:
+        return "Succeeded", None, ""
+    if failed is not None:
+        reason = str(failed.get("reason") or "")
+        message = str(failed.get("message") or reason)
+        match = _RULE_INDEX_RE.search(message)
+        failure: FailureKind
+        if reason == "DeadlineExceeded":
+            failure = "DeadlineExceeded"
+        elif reason == "PodFailurePolicy" and match is not None:
+            index = int(match.group(1))
+            failure = "Disruption" if index == DISRUPTION_RULE_INDEX else "UserError"
+        elif any(_condition(p, "DisruptionTarget") for p in pods):
+            failure = "Disruption"
+        else:
+            failure = "UserError"
+        return "Failed", failure, message
+    if (job.get("spec") or {}).get("suspend") is True:
+        return "Suspended", None, ""
+    return "Active", None, ""
+
+
+def _waiting(pods: Sequence[Mapping[str, Any]]) -> tuple[str | None, str, datetime | None]:
+    """Why an active Job's pod is not running yet (image pull, unschedulable), and since when."""
+    reason: str | None = None
+    message = ""
+    since: datetime | None = None
+    for p in pods:
+        pstatus = p.get("status") or {}
+        created = parse_time((p.get("metadata") or {}).get("creationTimestamp"))
+        for cs in pstatus.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") if isinstance(cs, Mapping) else None
+            if isinstance(waiting, Mapping) and waiting.get("reason") in IMAGE_PULL_REASONS:
+                reason, message, since = (
+                    str(waiting["reason"]),
+                    str(waiting.get("message") or ""),
+                    created,
+                )
+        for c in pstatus.get("conditions") or []:
+            if (
+                isinstance(c, Mapping)
+                and c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+                and reason is None
+            ):
+                reason, message = "Unschedulable", str(c.get("message") or "")
+                since = parse_time(c.get("lastTransitionTime")) or created
+    return reason, message, since
 
 
 def parse_termination_message(text: str | None, n_objectives: int) -> list[float] | str:

@@ -7,14 +7,20 @@ the command line in the chart (it would show in ``ps``).
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Sequence
 
 import kopf
 
-from kubetune.handlers import OperatorConfig
+import kubetune.handlers  # noqa: F401 - importing it registers the kopf handlers
+from kubetune.config import (
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_REPORT_PORT,
+    ConfigError,
+    OperatorConfig,
+)
 
 __all__ = ["run_operator", "scanning_disabled"]
 
@@ -44,9 +50,9 @@ def run_operator(
     storage_url: str | None = None,
     token_key: str | bytes | None = None,
     report_url: str | None = None,
-    metrics_port: int = 8080,
-    health_port: int = 8081,
-    report_port: int = 8082,
+    metrics_port: int = DEFAULT_METRICS_PORT,
+    health_port: int = DEFAULT_HEALTH_PORT,
+    report_port: int = DEFAULT_REPORT_PORT,
     log_format: str = "text",
 ) -> None:
     """Run the operator until SIGTERM; ``/healthz`` on ``health_port`` is kopf's liveness.
@@ -59,22 +65,16 @@ def run_operator(
         log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
         log_refkey="object",
     )
-    url = storage_url or os.environ.get("KUBETUNE_STORAGE_URL", "")
-    key = token_key if token_key is not None else os.environ.get("KUBETUNE_TOKEN_KEY", "")
-    key_bytes = key.encode() if isinstance(key, str) else bytes(key)
-    if not url:
-        sys.exit("kubetune operator: KUBETUNE_STORAGE_URL is not set (the Optuna storage URL)")
-    if len(key_bytes) < 16:
-        sys.exit("kubetune operator: KUBETUNE_TOKEN_KEY must hold at least 16 bytes")
-    config = OperatorConfig(
-        storage_url=url,
-        token_key=key_bytes,
-        report_url=report_url or os.environ.get("KUBETUNE_REPORT_URL") or None,
-        metrics_port=metrics_port,
-        report_port=report_port,
-        resync_seconds=float(os.environ.get("KUBETUNE_RESYNC_SECONDS", "10")),
-        image_pull_grace_seconds=float(os.environ.get("KUBETUNE_IMAGE_PULL_GRACE_SECONDS", "300")),
-    )
+    try:
+        config = OperatorConfig.from_env(
+            storage_url=storage_url,
+            token_key=token_key,
+            report_url=report_url,
+            metrics_port=metrics_port,
+            report_port=report_port,
+        )
+    except ConfigError as e:
+        sys.exit(f"kubetune operator: {e}")
     clusterwide = all_namespaces or not namespaces
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = scanning_disabled(namespaces or (), clusterwide=clusterwide)

@@ -2,7 +2,7 @@
 
 :func:`decide` is pure (no I/O, no clock: ``now`` is passed in) and level-based: it recomputes
 everything from the observed world, and applying its actions then deciding again yields no
-further actions. The shell (``kubetune.handlers``) observes, calls it, applies the actions.
+further actions. The shell (``kubetune.study_loop``) observes, calls it, applies the actions.
 It reads as a list of named steps, each a small pure function in a private module here:
 classify the RUNNING trials (``_trials``), delete stale Jobs (``_trials``), account GPU time
 (``_gpu``), find the stop rule and the free slots (``_budget``), then the study's state,

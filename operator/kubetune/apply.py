@@ -1,0 +1,186 @@
+"""Carry out a reconcile decision: ledger writes, then Kubernetes writes, launches last.
+
+The order matters: a result is told before the Job that produced it may go, and a new trial is
+asked only after every finished one was told (the sampler then sees all results).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import optuna
+
+from kubetune import reasons as R  # noqa: N812 - short, read like an enum
+from kubetune.jobs import job_name, render_job
+from kubetune.reconcile import (
+    CreateJob,
+    Decision,
+    DeleteJob,
+    LaunchTrials,
+    RecordUsage,
+    RelaunchAttempt,
+    SuspendJob,
+    Tell,
+)
+from kubetune.runtime import Runtime, StudyState
+from kubetune.spec import TuningStudySpec
+from kubetune.status import LedgerSnapshot
+
+__all__ = ["Target", "apply_decision", "now", "patch_status", "post_event"]
+
+logger = logging.getLogger("kubetune.operator")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The study a decision is applied to."""
+
+    body: kopf.Body
+    spec: TuningStudySpec
+    study: optuna.Study
+    state: StudyState
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body.metadata.namespace)
+
+    @property
+    def name(self) -> str:
+        return str(self.body.metadata.name)
+
+
+def post_event(body: kopf.Body, kind: str, reason: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        kopf.event(body, type=kind, reason=reason, message=message[:1000])
+
+
+async def patch_status(rt: Runtime, body: kopf.Body, status: dict[str, Any]) -> None:
+    """Patch the fields that changed (none: no request)."""
+    current = dict(body.get("status") or {})
+    changed = sorted(k for k, v in status.items() if current.get(k) != v)
+    if not changed:
+        return
+    logger.debug("Patching status study=%s fields=%s", body.metadata.name, changed)
+    await asyncio.to_thread(
+        rt.api.patch_status, str(body.metadata.namespace), str(body.metadata.name), status
+    )
+
+
+async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: LedgerSnapshot) -> bool:
+    """Apply the actions; returns whether there were any (the loop then looks again at once)."""
+    seen_free = time.monotonic()
+    usage = [a for a in decision.actions if isinstance(a, RecordUsage)]
+    if usage:
+        await rt.db(rt.ledger.record_usage, t.study, usage)
+    for a in decision.actions:
+        if isinstance(a, Tell):
+            await _tell(rt, t, a, usage, snap)
+        elif isinstance(a, RelaunchAttempt):
+            await _relaunch(rt, t, a)
+        elif isinstance(a, CreateJob):
+            await create_trial_job(rt, t, a.trial, a.attempt, a.params)
+            _log("Created missing Job", t, trial=a.trial, attempt=a.attempt)
+        elif isinstance(a, DeleteJob):
+            await asyncio.to_thread(rt.api.delete_job, t.namespace, a.name)
+            _log("Deleted Job", t, job=a.name, reason=a.reason)
+        elif isinstance(a, SuspendJob):
+            await asyncio.to_thread(rt.api.suspend_job, t.namespace, a.name, a.suspend)
+            _log("Suspended Job" if a.suspend else "Resumed Job", t, job=a.name)
+    for a in decision.actions:
+        if isinstance(a, LaunchTrials):
+            await _launch(rt, t, a.count, seen_free)
+    return bool(decision.actions)
+
+
+def _log(what: str, t: Target, **fields: object) -> None:
+    extra = "".join(f" {k}={v}" for k, v in fields.items())
+    logger.info("%s study=%s/%s%s", what, t.namespace, t.name, extra)
+
+
+async def _tell(
+    rt: Runtime, t: Target, a: Tell, usage: Sequence[RecordUsage], snap: LedgerSnapshot
+) -> None:
+    done = await rt.db(
+        rt.ledger.tell, t.study, a.trial, a.state, a.values, reason=a.reason, message=a.message
+    )
+    if not done:
+        return
+    rec = snap.trial(a.trial)
+    started = rec.datetime_start if rec is not None else None
+    duration = (now() - started).total_seconds() if started else 0.0
+    settled = [u.gpu_seconds for u in usage if u.trial == a.trial]
+    prior = snap.usage.get(a.trial)
+    gpu = settled[-1] if settled else (prior.gpu_seconds if prior else 0.0)
+    rt.metrics.trial_finished(
+        t.namespace, t.name, a.state, duration_seconds=duration, gpu_seconds=gpu
+    )
+    rt.metrics.record_progress(t.namespace, t.name, time.time())
+    _log("Told trial result", t, trial=a.trial, state=a.state, reason=a.reason)
+
+
+async def _relaunch(rt: Runtime, t: Target, a: RelaunchAttempt) -> None:
+    await rt.db(rt.ledger.set_attempt, t.study, a.trial, a.attempt)
+    await create_trial_job(rt, t, a.trial, a.attempt, a.params)
+    rt.metrics.trial_retried(t.namespace, t.name)
+    _log("Relaunched trial", t, trial=a.trial, attempt=a.attempt, reason=a.reason)
+
+
+async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
+    for _ in range(count):
+        asked = time.monotonic()
+        number, params = await rt.db(rt.ledger.ask, t.study, t.spec)
+        rt.metrics.observe_ask(time.monotonic() - asked)
+        await create_trial_job(rt, t, number, 0, params)
+        rt.metrics.job_launched(time.monotonic() - seen_free)
+        post_event(t.body, "Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
+        _log("Launched trial", t, trial=number)
+
+
+async def create_trial_job(
+    rt: Runtime, t: Target, trial: int, attempt: int, params: Mapping[str, Any]
+) -> None:
+    """Create the trial's Job; a Job the API server refuses for good fails the trial."""
+    token = None
+    if t.spec.trial.result.from_ == "Reporter":
+        token = rt.signer.issue(t.namespace, t.name, trial, attempt)
+    manifest = render_job(
+        {"name": t.name, "namespace": t.namespace, "uid": t.body.metadata.uid},
+        t.spec,
+        trial,
+        attempt,
+        params,
+        report_url=rt.report_url,
+        token=token,
+        optuna_study_name=t.study.study_name,
+    )
+    refused = await asyncio.to_thread(rt.api.create_job, t.namespace, manifest)
+    jname = job_name(t.name, trial, attempt)
+    if refused is not None:
+        # The trial cannot run as specified: fail it instead of retrying forever.
+        await rt.db(
+            rt.ledger.tell, t.study, trial, "FAIL", None, reason=R.JOB_REJECTED, message=refused
+        )
+        post_event(t.body, "Warning", R.JOB_REJECTED, f"Trial {trial}: {refused}")
+        logger.warning(
+            "Refused Job study=%s/%s job=%s: %s",
+            t.namespace,
+            t.name,
+            jname,
+            refused.splitlines()[0],
+        )
+        return
+    if jname not in t.state.seen:
+        t.state.expected[jname] = (trial, attempt, time.monotonic())
+    await rt.db(rt.ledger.mark_job_created, t.study, trial, attempt)

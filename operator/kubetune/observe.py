@@ -1,0 +1,160 @@
+"""What a reconcile pass sees: the study's spec, its Jobs and Pods from kopf's indexes, the Jobs
+created but not yet seen, and the log tails of failed trainers.
+
+The indexes hold slim copies (:func:`slim`) of every trial Job and Pod; this module turns them
+into the core's :class:`~kubetune.jobs.ObservedJob` values and the controller-runtime style
+expectations (:class:`~kubetune.reconcile.ExpectedJob`) the pure decision takes as input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubetune.jobs import ObservedJob, observe_job
+from kubetune.reconcile import ExpectedJob
+from kubetune.runtime import Runtime, StudyState
+from kubetune.spec import TuningStudy, TuningStudySpec, parse_manifest
+from kubetune.status import LedgerSnapshot
+
+__all__ = [
+    "EXPECTATION_SECONDS",
+    "ChildIndex",
+    "Observed",
+    "observe_children",
+    "parse_body",
+    "slim",
+    "with_log_tails",
+]
+
+#: kopf's index of trial Jobs or Pods: (namespace, study label) -> slim bodies.
+ChildIndex = kopf.Index[tuple[str, str], dict[str, Any]]
+
+#: How long a created Job may stay unseen in the index before it counts as missing.
+EXPECTATION_SECONDS = 60.0
+
+_INDEXED_META = (
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "ownerReferences",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def slim(body: Any, spec_keys: tuple[str, ...]) -> dict[str, Any]:
+    """What the reconcile reads of a Job or Pod, and no more: the indexes hold one entry per
+    Job and Pod of every study, and whole bodies (pod templates with every parameter) made
+    memory grow ~22 KiB per object (benchmarks/README.md, scale)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    return {
+        "metadata": {k: meta[k] for k in _INDEXED_META if k in meta},
+        "spec": {k: spec[k] for k in spec_keys if k in spec},
+        "status": body.get("status") or {},
+    }
+
+
+def parse_body(body: Mapping[str, Any]) -> TuningStudy:
+    """The TuningStudy as the model reads it (raises :class:`~kubetune.spec.SpecError`).
+
+    A spec that is not an object (possible where no schema guards the API) is passed on as is,
+    so that it becomes a clear validation error, not a crash of the reconcile.
+    """
+    meta = body.get("metadata") or {}
+    spec = body.get("spec")
+    raw = {} if spec is None else dict(spec) if isinstance(spec, Mapping) else spec
+    return parse_manifest(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "spec": raw,
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    jobs: list[ObservedJob]
+    expected: list[ExpectedJob]
+    pods_by_job: dict[str, dict[str, Any]]
+
+
+def observe_children(
+    state: StudyState,
+    *,
+    key: tuple[str, str],
+    uid: str,
+    jobs_index: ChildIndex,
+    pods_index: ChildIndex,
+) -> Observed:
+    """The study's Jobs from the index (only those it owns), and the Jobs created but unseen."""
+    pods = list(pods_index.get(key, []))
+    observed: list[ObservedJob] = []
+    for job in jobs_index.get(key, []):
+        owners = (job.get("metadata") or {}).get("ownerReferences") or []
+        if uid and not any(o.get("uid") == uid for o in owners):
+            continue  # a Job of an earlier TuningStudy with the same name
+        o = observe_job(job, pods)
+        if o is not None:
+            observed.append(o)
+    pods_by_job: dict[str, dict[str, Any]] = {}
+    for p in pods:
+        jn = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
+        if isinstance(jn, str):
+            pods_by_job[jn] = p
+    expected = _expectations(state, {o.name for o in observed}, time.monotonic())
+    return Observed(observed, expected, pods_by_job)
+
+
+def _expectations(state: StudyState, indexed: set[str], now: float) -> list[ExpectedJob]:
+    """Jobs we created that the index does not show yet; an entry ends when kopf delivers an
+    event for the Job (the index then knows it, or knows it is gone) or after a minute."""
+    for name, when in list(state.seen.items()):
+        if now - when > EXPECTATION_SECONDS:
+            state.seen.pop(name, None)
+    expected: list[ExpectedJob] = []
+    for name, (trial, attempt, created) in list(state.expected.items()):
+        if name in indexed or name in state.seen or now - created > EXPECTATION_SECONDS:
+            state.expected.pop(name, None)
+        else:
+            expected.append(ExpectedJob(name, trial, attempt))
+    return expected
+
+
+async def with_log_tails(
+    rt: Runtime,
+    *,
+    namespace: str,
+    spec: TuningStudySpec,
+    jobs: list[ObservedJob],
+    snap: LedgerSnapshot,
+    pods_by_job: Mapping[str, Mapping[str, Any]],
+) -> list[ObservedJob]:
+    """Fetch the log tail of Jobs whose failure is about to be told (user errors only)."""
+    out = []
+    container = spec.trial.trainer_container().get("name")
+    for j in jobs:
+        rec = snap.trial(j.trial)
+        about_to_fail = (
+            j.phase == "Failed"
+            and j.failure == "UserError"
+            and rec is not None
+            and rec.state == "RUNNING"
+            and rec.attempt == j.attempt
+        )
+        pod_name = ((pods_by_job.get(j.name) or {}).get("metadata") or {}).get("name")
+        if about_to_fail and pod_name:
+            tail = await asyncio.to_thread(rt.api.pod_log_tail, namespace, pod_name, container)
+            out.append(dataclasses.replace(j, log_tail=tail))
+        else:
+            out.append(j)
+    return out

@@ -1,0 +1,116 @@
+"""The glue between the report API and the reconcile loop.
+
+The report API (:mod:`kubetune.reporting`) finds studies through :func:`resolve_study` and
+tells the operator what happened through :func:`on_report_event`: request counts for the
+metrics, and finished trials, which wake the study's loop at once (the next trial launches
+without waiting for the Job to end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import optuna
+
+from kubetune.jobs import study_label
+from kubetune.runtime import Runtime
+
+__all__ = ["STARTUP_GRACE_SECONDS", "on_report_event", "resolve_study"]
+
+logger = logging.getLogger("kubetune.operator")
+
+#: After a start, the report API answers 503 (retry) rather than 404 for a study it has not
+#: opened yet: kopf has not listed the TuningStudies so far, and trainers must not give up.
+STARTUP_GRACE_SECONDS = 30.0
+
+
+def resolve_study(rt: Runtime, namespace: str, name: str) -> optuna.Study | None:
+    """The report API's resolver: the opened study, else "retry later" while it may open.
+
+    A restarted operator opens each study on its first reconcile; until then a trainer's
+    report must be retried (503), not refused (404), or the SDK would give up on the trial.
+    """
+    study = rt.ledger.resolve(namespace, name)
+    state = rt.peek(namespace, study_label(name))
+    if study is None and (
+        (state is not None and state.known) or time.monotonic() - rt.started < STARTUP_GRACE_SECONDS
+    ):
+        raise optuna.exceptions.StorageInternalError(
+            f"study {namespace}/{name} is not opened yet by this operator"
+        )
+    return study
+
+
+def on_report_event(
+    rt: Runtime, kind: str, namespace: str, study: str, number: int | None, **fields: Any
+) -> None:
+    """Report API hook: count requests, and wake the study when a trial finished."""
+    if kind == "request":
+        rt.metrics.report_request(str(fields.get("action", "")), int(fields.get("code", 0)))
+    elif kind == "trial_finished":
+        state = str(fields.get("state", ""))
+        if number is None:
+            rt.metrics.trial_finished(namespace, study, state, duration_seconds=0.0)
+        else:
+            # The duration and GPU-seconds come from the ledger (blocking): count off the loop.
+            task = asyncio.get_running_loop().create_task(
+                _count_reported_finish(rt, namespace, study, number, state)
+            )
+            rt.tasks.add(task)
+            task.add_done_callback(rt.tasks.discard)
+        rt.metrics.record_progress(namespace, study, time.time())
+        rt.wake(namespace, study_label(study))
+
+
+def _reported_usage(study: optuna.Study, number: int, gpus: float) -> tuple[float, float, float]:
+    """(duration, GPU-seconds, GPU-seconds saved) of a trial the report API just finished.
+
+    Duration is ``datetime_complete - datetime_start`` (all attempts); GPU-seconds are that
+    times the pod's GPUs (its Job has not ended yet, so Job times are not known); a pruned
+    trial saved what a mean COMPLETE trial took beyond it.
+    """
+    durations: dict[int, float] = {}
+    states: dict[int, optuna.trial.TrialState] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            durations[t.number] = max(0.0, (t.datetime_complete - t.datetime_start).total_seconds())
+        states[t.number] = t.state
+    duration = durations.get(number, 0.0)
+    used = duration * gpus
+    saved = 0.0
+    if states.get(number) == optuna.trial.TrialState.PRUNED:
+        full = [d for n, d in durations.items() if states[n] == optuna.trial.TrialState.COMPLETE]
+        if full:
+            saved = max(0.0, sum(full) / len(full) * gpus - used)
+    return duration, used, saved
+
+
+async def _count_reported_finish(
+    rt: Runtime, namespace: str, name: str, number: int, state: str
+) -> None:
+    duration = used = saved = 0.0
+    study = rt.ledger.resolve(namespace, name)
+    if study is not None:
+        try:
+            known = rt.peek(namespace, study_label(name))
+            gpus = known.gpus if known is not None else 0.0
+            duration, used, saved = await rt.db(_reported_usage, study, number, gpus)
+        except Exception as e:  # a metric must not break anything: count it without times
+            logger.warning(
+                "Could not read trial times study=%s/%s trial=%d error=%s",
+                namespace,
+                name,
+                number,
+                type(e).__name__,
+            )
+    rt.metrics.trial_finished(
+        namespace,
+        name,
+        state,
+        duration_seconds=duration,
+        gpu_seconds=used,
+        gpu_seconds_saved=saved,
+    )

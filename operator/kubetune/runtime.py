@@ -1,0 +1,95 @@
+"""What one operator process holds in memory: shared services, and one state per study.
+
+Everything durable is in the Optuna ledger and in the Jobs; this is caches and wake-ups. The
+per-study part lives in one :class:`StudyState` with one lifetime: made when the study is first
+seen, dropped by :meth:`Runtime.release` when it goes, so nothing is cleaned up field by field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from kubetune.config import OperatorConfig
+from kubetune.jobs import study_label
+from kubetune.kube_client import KubeApi
+from kubetune.ledger import Ledger
+from kubetune.metrics import OperatorMetrics
+from kubetune.tokens import TokenSigner
+
+__all__ = ["Runtime", "StudyKey", "StudyState"]
+
+T = TypeVar("T")
+#: (namespace, the study's ``kubetune.io/study`` label value): what Job and Pod events carry.
+StudyKey = tuple[str, str]
+
+
+@dataclasses.dataclass
+class StudyState:
+    """One study's memory; all of it can be lost (a restart rebuilds from the ledger and Jobs)."""
+
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: kopf told us about the study and it is not deleted (the report API then says "retry").
+    known: bool = False
+    #: Job name -> (trial, attempt, monotonic time created): created, not yet seen in the index.
+    expected: dict[str, tuple[int, int, float]] = dataclasses.field(default_factory=dict)
+    #: Job name -> monotonic time kopf last delivered an event for that Job.
+    seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Seconds of the current storage backoff (0 while the storage answers).
+    storage_backoff: float = 0.0
+    #: GPUs per trial pod, from the last reconciled spec (for the report API's usage figures).
+    gpus: float = 0.0
+    #: The last InvalidSpec message posted as an Event. The body's status can lag our own
+    #: patch by one watch event, so it alone would post the Event twice.
+    invalid_posted: str | None = None
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Per-process services (ledger, executor, metrics, servers) and the studies' states."""
+
+    config: OperatorConfig
+    ledger: Ledger
+    signer: TokenSigner
+    metrics: OperatorMetrics
+    registry: CollectorRegistry
+    api: KubeApi
+    executor: concurrent.futures.ThreadPoolExecutor
+    report_url: str | None = None
+    studies: dict[StudyKey, StudyState] = dataclasses.field(default_factory=dict)
+    runners: list[web.AppRunner] = dataclasses.field(default_factory=list)
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    def study(self, namespace: str, name: str) -> StudyState:
+        """The study's state, made on first use."""
+        return self.studies.setdefault((namespace, study_label(name)), StudyState())
+
+    def peek(self, namespace: str | None, label: str | None) -> StudyState | None:
+        """The state of a study by its label, without making one (Job and Pod events)."""
+        if not namespace or not label:
+            return None
+        return self.studies.get((namespace, label))
+
+    def wake(self, namespace: str | None, label: str | None) -> None:
+        state = self.peek(namespace, label)
+        if state is not None:
+            state.wake.set()
+
+    def release(self, namespace: str, name: str) -> None:
+        """Forget the study (it was deleted): its state goes in one piece."""
+        self.studies.pop((namespace, study_label(name)), None)
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking ledger call on the executor sized to the connection pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))

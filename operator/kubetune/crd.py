@@ -116,7 +116,7 @@ def open_api_schema() -> dict[str, Any]:
                     "name": {
                         "type": "string",
                         "maxLength": 253,
-                        "pattern": s._OBJECT_NAME_RE.pattern,
+                        "pattern": s.OBJECT_NAME_RE.pattern,
                     }
                 },
             },

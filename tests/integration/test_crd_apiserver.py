@@ -348,16 +348,16 @@ def _studies(draw: Any) -> dict[str, Any]:
     for _ in range(draw(st.integers(1, 6))):
         params.append(draw(_parameter(params)))
     multi = draw(st.integers(0, 3)) == 0
-    samplers = sorted(set(s._SAMPLER_FIELDS) - {"Grid"} - ({"CmaEs"} if multi else set()))
-    pruners = ["None"] if multi else sorted(s._PRUNER_FIELDS)
+    samplers = sorted(set(s.SAMPLER_OPTIONS) - {"Grid"} - ({"CmaEs"} if multi else set()))
+    pruners = ["None"] if multi else sorted(s.PRUNER_OPTIONS)
     spec: dict[str, Any] = {
         "objectives": [
             {"name": f"m{i}", "direction": draw(st.sampled_from(["maximize", "minimize"]))}
             for i in range(2 if multi else 1)
         ],
         "searchSpace": params,
-        "sampler": _options(draw, samplers, s._SAMPLER_FIELDS, _SAMPLER_VALUES, "TPE"),
-        "pruner": _options(draw, pruners, s._PRUNER_FIELDS, _PRUNER_VALUES, "None"),
+        "sampler": _options(draw, samplers, s.SAMPLER_OPTIONS, _SAMPLER_VALUES, "TPE"),
+        "pruner": _options(draw, pruners, s.PRUNER_OPTIONS, _PRUNER_VALUES, "None"),
         "budget": {
             "maxTrials": draw(st.integers(1, 100_000)),
             "parallelism": draw(st.integers(1, 1000)),

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubetune.spec import Condition_, SpecError, load_manifest, parse_manifest
+from kubetune.spec import SpecError, When, load_manifest, parse_manifest
 from support.crd_check import (
     BAD_EDITS,
     DELETE,
@@ -256,13 +256,13 @@ def test_budget_suspend_and_the_rest_stay_editable(path: str, value: Any) -> Non
 
 
 def test_condition_describes_and_matches_its_values() -> None:
-    ranged = Condition_.model_validate({"param": "n", "atLeast": 2})
+    ranged = When.model_validate({"param": "n", "atLeast": 2})
     assert ranged.describe() == "n >= 2"
     assert [ranged.matches(v) for v in (1, 2, 9, True, 2.0)] == [False, True, True, False, False]
-    both = Condition_.model_validate({"param": "n", "atLeast": 2, "atMost": 3})
+    both = When.model_validate({"param": "n", "atLeast": 2, "atMost": 3})
     assert both.describe() == "2 <= n <= 3"
-    assert Condition_.model_validate({"param": "n", "atMost": 3}).describe() == "n <= 3"
-    listed = Condition_.model_validate({"param": "opt", "in": ["sgd", True]})
+    assert When.model_validate({"param": "n", "atMost": 3}).describe() == "n <= 3"
+    listed = When.model_validate({"param": "opt", "in": ["sgd", True]})
     assert listed.describe() == "opt in ['sgd', True]"
     assert [listed.matches(v) for v in ("sgd", True, 1, "adam")] == [True, True, False, False]
 

@@ -257,7 +257,7 @@ def _pick_study(summaries: Sequence[Any], wanted: str) -> tuple[str, str]:
     if not found:
         known = ", ".join(sorted(names)[:10]) or "none"
         raise UserFacingError(f"no study {wanted!r} in this storage (studies: {known})")
-    found.sort(key=lambda s: (s.datetime_start is not None, s.datetime_start or 0, s._study_id))
+    found.sort(key=lambda s: (s.datetime_start is not None, s.datetime_start or 0, s.study_name))
     note = ""
     if len(found) > 1:
         note = (

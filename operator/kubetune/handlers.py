@@ -130,6 +130,7 @@ async def cleanup(**kwargs: Any) -> None:
     rt = getattr(kwargs["memo"], "runtime", None)
     if not isinstance(rt, Runtime):
         return
+    rt.closing = True
     for runner in rt.runners:
         with contextlib.suppress(Exception):
             await runner.cleanup()

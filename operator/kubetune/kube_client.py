@@ -5,6 +5,7 @@ delete or patch) and raises the rest."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ from kubetune.spec import GROUP, PLURAL, VERSION
 __all__ = ["LOG_TAIL_LINES", "KubeApi"]
 
 LOG_TAIL_LINES = 30
+
+logger = logging.getLogger("kubetune.operator")
 
 
 class KubeApi:
@@ -26,6 +29,7 @@ class KubeApi:
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._exc = kubernetes.client.exceptions.ApiException
+        self._warned_logs = False
 
     @classmethod
     def from_environment(cls) -> KubeApi:
@@ -80,11 +84,25 @@ class KubeApi:
                 raise
 
     def pod_log_tail(self, namespace: str, pod: str, container: str | None) -> str | None:
+        """The last lines of a trainer's log, for a failed trial's message; None if unreadable.
+
+        A 403 means the operator's role lacks ``pods/log``: said once in the log, since every
+        failed trial would hit it and the failure messages lose their most useful part.
+        """
         try:
             text = self._core.read_namespaced_pod_log(
                 pod, namespace, container=container, tail_lines=LOG_TAIL_LINES
             )
-        except Exception:
+        except self._exc as e:
+            if e.status == 403 and not self._warned_logs:
+                self._warned_logs = True
+                logger.warning(
+                    "Cannot read trainer logs (403 on pods/log in %s): failed trials will have "
+                    "no log tail; grant get on pods/log to the operator",
+                    namespace,
+                )
+            return None
+        except Exception:  # the pod is gone, the kubelet is unreachable: no tail
             return None
         return text if isinstance(text, str) else None
 

@@ -69,6 +69,8 @@ class Runtime:
     ports: dict[str, int] = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.monotonic)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    #: Set when the operator stops: a pass cut short by the executor's shutdown is not an error.
+    closing: bool = False
 
     def study(self, namespace: str, name: str) -> StudyState:
         """The study's state, made on first use."""

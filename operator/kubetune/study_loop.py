@@ -60,7 +60,7 @@ async def run_study_loop(
     state = rt.study(namespace, name)
     loop = asyncio.get_running_loop()
     failures, posted, failed_generation = 0, "", None
-    while not stopped:
+    while not stopped and not rt.closing:
         state.wake.clear()
         started = time.monotonic()
         try:
@@ -69,6 +69,8 @@ async def run_study_loop(
         except asyncio.CancelledError:
             raise
         except Exception as e:  # this study's problem: say so on it, back off, others go on
+            if rt.closing:  # the executor went away under the pass: nothing to report
+                return
             failures += 1
             failed_generation = body.metadata.get("generation")
             delay, posted = await _reconcile_failed(rt, body, e, failures, posted=posted)

@@ -225,6 +225,13 @@ def test_gpu_used_is_settled_plus_live_jobs() -> None:
     assert gpu_seconds_used(usage, jobs, 2.0, T0 + timedelta(seconds=30)) == 160.0
 
 
+def test_a_suspended_job_uses_no_gpu_time() -> None:
+    # Suspended (spec.suspend, or queued by Kueue): the pod is gone; the Job keeps its old
+    # startTime, which must not count as GPU time while it waits.
+    jobs = [job(1), job(2, phase="Suspended")]
+    assert gpu_seconds_used({}, jobs, 1.0, T0 + timedelta(seconds=30)) == 30.0
+
+
 def test_gpu_saved_is_what_pruned_trials_did_not_use_against_the_mean() -> None:
     usage = {n: TrialUsage(1, s) for n, s in enumerate([100.0, 300.0, 50.0, 250.0])}
     states: dict[int, TrialStateName] = {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "PRUNED"}

@@ -54,9 +54,15 @@ def settle_usage(
 def gpu_seconds_used(
     usage: Mapping[int, TrialUsage], jobs: Iterable[ObservedJob], gpus: float, now: datetime
 ) -> float:
-    """Settled usage plus what the live Jobs have run so far."""
+    """Settled usage plus what the running Jobs have run so far.
+
+    A suspended Job holds no GPU (its pod is gone) and still shows the ``startTime`` of before
+    its suspension: it adds nothing. Kubernetes resets ``startTime`` on resume, so the time an
+    attempt ran before a suspension is not counted (under-, never over-counted).
+    """
     settled = sum(u.gpu_seconds for u in usage.values())
-    return settled + sum(job_seconds(j, now) * gpus for j in jobs if is_active(j))
+    running = [j for j in jobs if is_active(j) and j.phase == "Active"]
+    return settled + sum(job_seconds(j, now) * gpus for j in running)
 
 
 def gpu_account(

@@ -134,6 +134,7 @@ async def _relaunch(rt: Runtime, t: Target, a: RelaunchAttempt) -> None:
     await rt.db(rt.ledger.set_attempt, t.study, a.trial, a.attempt)
     await create_trial_job(rt, t, a.trial, a.attempt, a.params)
     rt.metrics.trial_retried(t.namespace, t.name)
+    rt.metrics.record_progress(t.namespace, t.name, time.time())
     _log("Relaunched trial", t, trial=a.trial, attempt=a.attempt, reason=a.reason)
 
 
@@ -145,6 +146,7 @@ async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
         await create_trial_job(rt, t, number, 0, params)
         rt.metrics.job_launched(time.monotonic() - seen_free)
         post_event(t.body, "Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
+        rt.metrics.record_progress(t.namespace, t.name, time.time())
         _log("Launched trial", t, trial=number)
 
 

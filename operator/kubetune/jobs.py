@@ -269,6 +269,8 @@ class ObservedJob:
     waiting_since: datetime | None = None
     deleting: bool = False
     log_tail: str | None = None
+    #: When the trainer container of the Job's running pod started (None: no pod runs it).
+    running_since: datetime | None = None
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -311,6 +313,23 @@ def _terminated(pod: Mapping[str, Any], container: str | None) -> Mapping[str, A
     return None
 
 
+def _running_since(pods: Sequence[Mapping[str, Any]], container: str | None) -> datetime | None:
+    """The newest start of a running trainer container among the pods (a resumed Job's new
+    pod, not the Job's first start)."""
+    starts: list[datetime] = []
+    for p in pods:
+        for cs in (p.get("status") or {}).get("containerStatuses") or []:
+            if not isinstance(cs, Mapping) or (
+                container is not None and cs.get("name") != container
+            ):
+                continue
+            running = (cs.get("state") or {}).get("running")
+            started = parse_time(running.get("startedAt")) if isinstance(running, Mapping) else None
+            if started is not None:
+                starts.append(started)
+    return max(starts, default=None)
+
+
 def _trainer_name(job: Mapping[str, Any]) -> str | None:
     rules = ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []
     for r in rules:
@@ -333,7 +352,8 @@ def observe_job(
     name = str(meta.get("name", ""))
     status = job.get("status") or {}
     own_pods = [p for p in pods if _pod_of(p, name, trial, attempt)]
-    exit_code, termination = _trainer_exit(own_pods, _trainer_name(job))
+    trainer = _trainer_name(job)
+    exit_code, termination = _trainer_exit(own_pods, trainer)
     failed = _condition(job, "Failed")
     complete = _condition(job, "Complete")
     phase, failure, message = _phase(job, failed, complete, own_pods)
@@ -354,6 +374,7 @@ def observe_job(
         waiting_message=waiting[1],
         waiting_since=waiting[2],
         deleting=bool(meta.get("deletionTimestamp")),
+        running_since=_running_since(own_pods, trainer) if phase == "Active" else None,
     )
 
 

@@ -14,7 +14,8 @@ What the ledger records beyond Optuna's own fields:
 - trial user attrs: ``kubetune:attempt`` (current attempt; the report API checks tokens against
   it), ``kubetune:job_created`` (highest attempt whose Job creation was confirmed; tells "the
   operator crashed before creating the Job" from "the Job was deleted"),
-  ``kubetune:fail_reason`` and ``kubetune:fail_message``.
+  ``kubetune:fail_reason`` and ``kubetune:fail_message``, ``kubetune:heartbeat`` (the
+  trainer's last report or heartbeat, written by the report API; read here for the reconcile).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -45,6 +47,7 @@ __all__ = [
     "ENQUEUED_ATTR",
     "FAIL_MESSAGE_ATTR",
     "FAIL_REASON_ATTR",
+    "HEARTBEAT_ATTR",
     "JOB_CREATED_ATTR",
     "SPEC_HASH_ATTR",
     "USAGE_ATTR",
@@ -64,6 +67,8 @@ FAIL_MESSAGE_ATTR = "kubetune:fail_message"
 SPEC_HASH_ATTR = "kubetune:spec_hash"
 ENQUEUED_ATTR = "kubetune:enqueued"
 USAGE_ATTR = "kubetune:usage"
+#: Last report or heartbeat of a trial (unix seconds, float), written by the report API.
+HEARTBEAT_ATTR = "kubetune:heartbeat"
 _MAX_MESSAGE = 4000
 _STATES = {
     TrialState.RUNNING: "RUNNING",
@@ -141,7 +146,18 @@ def _record(t: FrozenTrial) -> TrialRecord:
         datetime_complete=_when(t.datetime_complete),
         last_step=max(t.intermediate_values) if t.intermediate_values else None,
         asked=asked,
+        heartbeat=_heartbeat(attrs),
     )
+
+
+def _heartbeat(attrs: Mapping[str, Any]) -> datetime | None:
+    raw = attrs.get(HEARTBEAT_ATTR)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    try:
+        return datetime.fromtimestamp(float(raw), UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _usage(raw: Any) -> dict[int, TrialUsage]:

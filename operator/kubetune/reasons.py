@@ -23,6 +23,7 @@ __all__ = [
     "EXIT_CODE",
     "GOAL_REACHED",
     "GPU_BUDGET_EXHAUSTED",
+    "HEARTBEAT_TIMEOUT",
     "IMAGE_PULL_FAILED",
     "IMMUTABLE_FIELD_CHANGED",
     "INVALID_SPEC",
@@ -121,6 +122,9 @@ TRIALS_STOPPED = "TrialsStopped"
 # Trial fail reasons (stored in the ledger as ``kubetune:fail_reason``; also ImagePullFailed).
 EXIT_CODE = "ExitCode"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+#: A running Reporter-mode trainer was silent (no report, no heartbeat) past
+#: ``trial.heartbeatTimeoutSeconds``.
+HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
 RETRIES_EXHAUSTED = "RetriesExhausted"
 JOB_DELETED = "JobDeleted"
 JOB_FAILED = "JobFailed"

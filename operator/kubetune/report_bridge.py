@@ -49,7 +49,10 @@ def on_report_event(
 ) -> None:
     """Report API hook: count requests, and wake the study when a trial finished."""
     if kind == "request":
-        rt.metrics.report_request(str(fields.get("action", "")), int(fields.get("code", 0)))
+        code = int(fields.get("code", 0))
+        rt.metrics.report_request(str(fields.get("action", "")), code)
+        if code == 200:  # an accepted report or heartbeat is progress (KubetuneStudyStalled)
+            rt.metrics.record_progress(namespace, study, time.time())
     elif kind == "trial_finished":
         state = str(fields.get("state", ""))
         if number is None:

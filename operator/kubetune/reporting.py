@@ -12,12 +12,15 @@ Rules a caller can rely on:
   (missing = 0), and the trial must be RUNNING.
 - Every route is idempotent, so the SDK may retry a post whose answer it lost: an identical
   report, an identical completion, the same failure reason, or a second prune answers as the
-  first did and changes nothing. A conflicting repeat is 409.
+  first did and changes nothing. A conflicting completion, failure or prune is 409; a report
+  of a step already reported replaces its value (a retried or resumed attempt trains again
+  from the start), and the pruner judges the curve up to the reported step.
 - Optuna calls block, so they run in an executor and never stall the event loop.
 - Storage errors answer 503 with ``Retry-After``; nothing here lets an exception escape.
-- Heartbeats are stored as the user attr ``kubetune:heartbeat`` (unix seconds, float) rather
-  than through Optuna's heartbeat, which would tie the storage's ``heartbeat_interval`` and
-  Optuna's own stale-trial failing to the report API; the operator decides what is stale.
+- Reports and heartbeats are signs of life, stored as the user attr ``kubetune:heartbeat``
+  (unix seconds, float; rewritten at most every ``HEARTBEAT_WRITE_SECONDS``) rather than
+  through Optuna's heartbeat, which does not work with ask-and-tell; the operator decides
+  what is stale (``trial.heartbeatTimeoutSeconds``).
 - Metrics stay out: ``on_event(kind, namespace, study, number, **fields)`` is called on the
   event loop with kinds ``"request"`` (``action``, ``code``), ``"prune_advised"`` (``step``)
   and ``"trial_finished"`` (``state``: ``"COMPLETE"|"FAIL"|"PRUNED"``, only for the request
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -44,7 +48,7 @@ from aiohttp import web
 from optuna.trial import TrialState
 
 # The ledger owns the trial user attrs' names (kubetune:attempt, kubetune:fail_reason).
-from kubetune.ledger import ATTEMPT_ATTR, FAIL_REASON_ATTR
+from kubetune.ledger import ATTEMPT_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -58,6 +62,7 @@ __all__ = [
     "ATTEMPT_ATTR",
     "FAIL_REASON_ATTR",
     "HEARTBEAT_ATTR",
+    "HEARTBEAT_WRITE_SECONDS",
     "MAX_REASON_CHARS",
     "MAX_STEP",
     "EventHook",
@@ -68,8 +73,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Trial user attr holding the last heartbeat, unix seconds.
-HEARTBEAT_ATTR = "kubetune:heartbeat"
+#: A report or heartbeat rewrites ``kubetune:heartbeat`` only when the stored one is at least
+#: this old: one write per trial per few seconds, however often a trainer reports
+#: (``trial.heartbeatTimeoutSeconds`` is at least 15).
+HEARTBEAT_WRITE_SECONDS = 5.0
 #: Largest step Optuna's RDB schema can store (an SQL INTEGER).
 MAX_STEP = 2**31 - 1
 #: Longest failure reason stored; longer ones are cut (a traceback tail is still useful).
@@ -229,24 +236,49 @@ def _finished_meanwhile(handle: _TrialHandle) -> Iterator[None]:
         raise
 
 
-def _report(handle: _TrialHandle, step: int, value: float) -> _Outcome:
+def _touch(handle: _TrialHandle, now: float) -> None:
+    """Store the trainer's sign of life, at most every ``HEARTBEAT_WRITE_SECONDS``."""
+    last = handle.frozen.user_attrs.get(HEARTBEAT_ATTR)
+    if (
+        isinstance(last, int | float)
+        and not isinstance(last, bool)
+        and 0.0 <= now - last < HEARTBEAT_WRITE_SECONDS
+    ):
+        return
+    with _finished_meanwhile(handle):
+        handle.study._storage.set_trial_user_attr(handle.trial_id, HEARTBEAT_ATTR, now)
+
+
+def _curve_until(frozen: FrozenTrial, step: int, value: float) -> FrozenTrial:
+    """The trial as the pruner judges it after a report of ``step``: its curve up to that step.
+
+    Steps beyond it can only be left over from an earlier attempt (or be reported out of
+    order); judging them would prune a retried attempt on its predecessor's curve.
+    """
+    view = copy.copy(frozen)
+    curve = {s: v for s, v in frozen.intermediate_values.items() if s < step}
+    curve[step] = value
+    view.intermediate_values = curve
+    return view
+
+
+def _report(handle: _TrialHandle, step: int, value: float, now: float) -> _Outcome:
+    """Store the value of ``step`` (the latest report of a step wins) and ask the pruner.
+
+    A retried attempt, or a suspended Job's new pod, runs the trainer again from its start
+    and reports the same steps with values that may differ (nondeterministic kernels, another
+    data order): its values replace the earlier ones, never a 409 that would fail the trial.
+    """
     handle.require_running()
     study = handle.study
-    multi = len(study.directions) > 1
-    known = handle.frozen.intermediate_values.get(step)
-    if known is not None and known != value:
-        raise _error(409, f"step {step} was already reported with a different value")
-    if multi:
-        # Optuna has no pruning for multi-objective studies; keep the curve, never prune.
-        if known is None:
-            with _finished_meanwhile(handle):
-                study._storage.set_trial_intermediate_value(handle.trial_id, step, value)
-        return _Outcome(200, {"prune": False})
-    trial = optuna.trial.Trial(study, handle.trial_id)
-    if known is None:
+    if handle.frozen.intermediate_values.get(step) != value:
         with _finished_meanwhile(handle):
-            trial.report(value, step)
-    prune = bool(trial.should_prune())
+            study._storage.set_trial_intermediate_value(handle.trial_id, step, value)
+    _touch(handle, now)
+    if len(study.directions) > 1:
+        # Optuna has no pruning for multi-objective studies; keep the curve, never prune.
+        return _Outcome(200, {"prune": False})
+    prune = bool(study.pruner.prune(study, _curve_until(handle.frozen, step, value)))
     events = [("prune_advised", {"step": step})] if prune else []
     return _Outcome(200, {"prune": prune}, events)
 
@@ -299,12 +331,7 @@ def _prune(handle: _TrialHandle) -> _Outcome:
 
 def _heartbeat(handle: _TrialHandle, now: float) -> _Outcome:
     handle.require_running()
-    try:
-        handle.study._storage.set_trial_user_attr(handle.trial_id, HEARTBEAT_ATTR, now)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        handle.refresh()
-        handle.require_running()
-        raise
+    _touch(handle, now)
     return _Outcome(200, {"ok": True})
 
 
@@ -378,8 +405,8 @@ class _ReportAPI:
             raise _error(404, f"study {ns}/{study_name} not found")
         handle = _TrialHandle(study, number, attempt)
         if action == "report":
-            step, value = args
-            return _report(handle, step, value)
+            step, value, now = args
+            return _report(handle, step, value, now)
         if action == "complete":
             return _complete(handle, args)
         if action == "fail":
@@ -430,7 +457,7 @@ class _ReportAPI:
         payload = _decode_body(await self._read_body(request), empty_ok=empty_ok)
         args: Any = None
         if action == "report":
-            args = _parse_report(payload)
+            args = (*_parse_report(payload), float(self.clock()))
         elif action == "complete":
             args = _parse_complete(payload)
         elif action == "fail":

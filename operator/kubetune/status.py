@@ -31,6 +31,7 @@ __all__ = [
     "build_status",
     "format_time",
     "gpu_seconds_saved",
+    "last_progress",
     "merge_conditions",
     "pareto_front",
     "trial_counts",
@@ -61,6 +62,8 @@ class TrialRecord:
     last_step: int | None = None
     #: False for a RUNNING trial whose ask was interrupted before its parameters were stored.
     asked: bool = True
+    #: Last sign of life from the trainer (a report or heartbeat; ``kubetune:heartbeat``).
+    heartbeat: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,19 @@ class LedgerSnapshot:
             if t.number == number:
                 return t
         return None
+
+
+def last_progress(ledger: LedgerSnapshot) -> float | None:
+    """Unix time of the study's newest progress in the ledger: a trial started or finished, or
+    a trainer reported or sent a heartbeat. It survives an operator restart, so
+    ``KubetuneStudyStalled`` neither forgets a stuck study nor flags a healthy long trial."""
+    stamps = [
+        when.timestamp()
+        for t in ledger.trials
+        for when in (t.datetime_start, t.datetime_complete, t.heartbeat)
+        if when is not None
+    ]
+    return max(stamps, default=None)
 
 
 @dataclass(frozen=True)

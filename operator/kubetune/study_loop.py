@@ -29,7 +29,7 @@ from kubetune.reconcile import Decision, decide
 from kubetune.runtime import Runtime, StudyState
 from kubetune.sampling import grid_trials, sampler_unavailable
 from kubetune.spec import SpecError, TuningStudySpec
-from kubetune.status import ConditionSpec, build_status
+from kubetune.status import ConditionSpec, build_status, last_progress
 
 __all__ = [
     "STORAGE_ERRORS",
@@ -137,7 +137,7 @@ async def reconcile_study(
     await patch_status(rt, body, decision.status)
     for ev in decision.events:
         post_event(body, ev.type, ev.reason, ev.message)
-    _observe_metrics(rt, namespace, name, spec, decision)
+    _observe_metrics(rt, namespace, name, spec, decision, progress=last_progress(snap))
     if changed:
         return 0.0  # look again at once: the status should show what was just done
     if decision.requeue_after is None:
@@ -274,7 +274,13 @@ async def _invalid(
 
 
 def _observe_metrics(
-    rt: Runtime, namespace: str, name: str, spec: TuningStudySpec, decision: Decision
+    rt: Runtime,
+    namespace: str,
+    name: str,
+    spec: TuningStudySpec,
+    decision: Decision,
+    *,
+    progress: float | None,
 ) -> None:
     status = decision.status
     counts = status.get("trials") or {}
@@ -295,6 +301,7 @@ def _observe_metrics(
         gpu_seconds=float(gpu.get("used", 0.0)),
         gpu_seconds_saved=float(gpu.get("savedByPruning", 0.0)),
         condition=str(status.get("state") or "Pending"),
+        last_progress=progress,
     )
 
 

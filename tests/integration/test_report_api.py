@@ -28,6 +28,7 @@ from kubetune.reporting import (
     ATTEMPT_ATTR,
     FAIL_REASON_ATTR,
     HEARTBEAT_ATTR,
+    HEARTBEAT_WRITE_SECONDS,
     MAX_REASON_CHARS,
     ReportServer,
 )
@@ -298,9 +299,11 @@ def test_unauthenticated_requests_never_learn_whether_a_study_exists(
 # Idempotency and finished trials
 
 
-def test_duplicate_reports_are_idempotent_and_conflicts_refused(
+def test_duplicate_reports_are_idempotent_and_a_new_value_replaces_the_step(
     storage: Any, studies: Studies, server: str
 ) -> None:
+    """The latest report of a step wins: a resumed Job's new pod trains again from its start
+    under the same attempt, and a 409 there would fail the trial (issue 16)."""
     study = new_study(storage, studies)
     number = study.ask().number
     client = sdk(server, study, number)
@@ -308,11 +311,82 @@ def test_duplicate_reports_are_idempotent_and_conflicts_refused(
     assert client.report(0.5, 0) is False
     assert client.report(0.5, 0) is False
     assert snapshot(study, number)[2] == {0: 0.5}
-    with pytest.raises(ReportError) as conflict:
-        client.report(0.6, 0)
-    assert conflict.value.status == 409
-    assert "step 0" in str(conflict.value)
-    assert snapshot(study, number)[2] == {0: 0.5}
+    assert client.report(0.6, 0) is False
+    assert snapshot(study, number)[2] == {0: 0.6}
+
+
+def test_a_retried_attempt_reports_its_steps_again_with_other_values(
+    storage: Any, studies: Studies, server: str
+) -> None:
+    """Issue 16 item 1: after an eviction, attempt 1 reports steps 0..k again with values that
+    differ (a GPU's nondeterministic kernels): accepted, step by step they replace attempt 0's,
+    and the trial completes with the new attempt's curve."""
+    study = new_study(storage, studies)
+    number = study.ask().number
+    first = sdk(server, study, number, attempt=0)
+    for step, value in enumerate((0.1, 0.2, 0.3, 0.4)):
+        first.report(value, step)
+    study._storage.set_trial_user_attr(study.trials[number]._trial_id, ATTEMPT_ATTR, 1)
+    retry = sdk(server, study, number, attempt=1)
+
+    assert retry.report(0.15, 0) is False
+    # Until it gets there, later steps keep the earlier attempt's values.
+    assert snapshot(study, number)[2] == {0: 0.15, 1: 0.2, 2: 0.3, 3: 0.4}
+    for step, value in enumerate((0.25, 0.35, 0.45), start=1):
+        retry.report(value, step)
+    with pytest.raises(ReportError) as stale:
+        first.report(0.5, 4)  # the evicted pod, back from the dead
+    assert stale.value.status == 403
+    retry.complete(0.45)
+    state, values, curve, _ = snapshot(study, number)
+    assert (state, values, curve) == (
+        TrialState.COMPLETE,
+        [0.45],
+        {0: 0.15, 1: 0.25, 2: 0.35, 3: 0.45},
+    )
+
+
+def test_the_pruner_judges_the_retried_attempt_on_its_own_curve(
+    storage: Any, studies: Studies, server: str
+) -> None:
+    """Attempt 0 fell below the threshold at step 1; attempt 1 reporting step 0 is judged on
+    the curve up to step 0, not on attempt 0's step 1 (which it has not reached)."""
+    study = new_study(storage, studies, pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    number = study.ask().number
+    first = sdk(server, study, number, attempt=0)
+    assert first.report(0.9, 0) is False
+    assert first.report(0.1, 1) is True
+    study._storage.set_trial_user_attr(study.trials[number]._trial_id, ATTEMPT_ATTR, 1)
+    retry = sdk(server, study, number, attempt=1)
+    assert retry.report(0.9, 0) is False
+    assert retry.report(0.8, 1) is False
+    assert retry.report(0.2, 2) is True
+    assert snapshot(study, number)[2] == {0: 0.9, 1: 0.8, 2: 0.2}
+
+
+def test_reports_and_heartbeats_are_signs_of_life_written_at_most_every_few_seconds(
+    storage: Any, studies: Studies
+) -> None:
+    """``kubetune:heartbeat`` moves on a report too (the operator's heartbeat timeout reads
+    it), and a chatty trainer writes it once per ``HEARTBEAT_WRITE_SECONDS``, not per call."""
+    clock = [NOW]
+    srv = ReportServer(studies, SIGNER, clock=lambda: clock[0])
+    base = srv.start()
+    try:
+        study = new_study(storage, studies)
+        number = study.ask().number
+        client = sdk(base, study, number)
+        client.heartbeat()
+        assert snapshot(study, number)[3][HEARTBEAT_ATTR] == NOW
+        clock[0] = NOW + HEARTBEAT_WRITE_SECONDS / 2
+        client.heartbeat()
+        client.report(0.1, 0)
+        assert snapshot(study, number)[3][HEARTBEAT_ATTR] == NOW  # throttled
+        clock[0] = NOW + HEARTBEAT_WRITE_SECONDS
+        client.report(0.2, 1)
+        assert snapshot(study, number)[3][HEARTBEAT_ATTR] == NOW + HEARTBEAT_WRITE_SECONDS
+    finally:
+        srv.stop()
 
 
 def test_complete_retry_is_ok_and_a_different_result_conflicts(
@@ -410,10 +484,12 @@ def test_request_events_carry_action_and_code(storage: Any, studies: Studies, se
     number = study.ask().number
     client = sdk(server, study, number)
     client.report(0.1, 0)
+    client.pruned()
     with pytest.raises(ReportError):
-        client.report(0.2, 0)
+        client.report(0.2, 1)  # after the trial was pruned
     assert studies.events_for(k8s_name(study), "request") == [
         {"action": "report", "code": 200},
+        {"action": "prune", "code": 200},
         {"action": "report", "code": 409},
     ]
 
@@ -716,6 +792,6 @@ def test_report_racing_a_finish_answers_409_not_500(tmp_path: Path) -> None:
     handle = reporting._TrialHandle(study, trial.number, 0)
     study.tell(trial.number, 0.5)  # finished after the handle's state was read
     with pytest.raises(reporting._Reply) as err:
-        reporting._report(handle, 0, 0.1)
+        reporting._report(handle, 0, 0.1, 0.0)
     assert err.value.status == 409
     assert study.trials[0].intermediate_values == {}

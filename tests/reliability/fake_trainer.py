@@ -5,7 +5,11 @@ lost would show up as a count mismatch, not as noise. Options (argv): ``--steps 
 ``--sleep S`` (seconds per step), ``--exit CODE`` (a user error after the steps),
 ``--hold DIR --hold-trials 1,3 --hold-at K``: the listed trials, after reporting step K, touch
 ``DIR/reached-<trial>`` and wait until ``DIR/release`` exists (so a test can be sure a trial is
-mid-flight when it starts a fault, and choose when it goes on).
+mid-flight when it starts a fault, and choose when it goes on); ``--heartbeat-trials 1,3
+--heartbeat-every S``: those trials send a heartbeat every S seconds while they wait (a long,
+healthy step), the others wait in silence (a hung trainer). ``--attempt-drift D`` adds
+``D * attempt`` to every intermediate value, so a retried attempt reports a different curve
+(as nondeterministic GPU kernels or another data order would); the final value is unchanged.
 Reporter mode uses ``kubetune.trial``; TerminationMessage mode writes the message file.
 """
 
@@ -42,19 +46,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hold", default="")
     parser.add_argument("--hold-trials", default="")
     parser.add_argument("--hold-at", type=int, default=0)
+    parser.add_argument("--heartbeat-trials", default="")
+    parser.add_argument("--heartbeat-every", type=float, default=1.0)
+    parser.add_argument("--attempt-drift", type=float, default=0.0)
     args = parser.parse_args(argv)
     number = os.environ.get("KUBETUNE_TRIAL_NUMBER", "")
     holding = bool(args.hold) and number in args.hold_trials.split(",")
+    beating = number in args.heartbeat_trials.split(",")
+    drift = args.attempt_drift * int(os.environ.get("KUBETUNE_TRIAL_ATTEMPT", "0"))
     params = trial.params()
     final = value_of(params)
     reporter = bool(os.environ.get("KUBETUNE_REPORT_URL"))
     for step in range(args.steps):
         time.sleep(args.sleep)
-        if reporter and trial.report(final * (step + 1) / args.steps, step):
+        if reporter and trial.report(final * (step + 1) / args.steps + drift, step):
             trial.pruned()
             return 0
         if holding and step == args.hold_at:
-            hold(args.hold, number)
+            hold(args.hold, number, args.heartbeat_every if beating else None)
     if args.exit:
         print(f"fake trainer failing on purpose with exit code {args.exit}", file=sys.stderr)
         return int(args.exit)
@@ -67,10 +76,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def hold(folder: str, number: str) -> None:
+def hold(folder: str, number: str, heartbeat_every: float | None = None) -> None:
     with open(os.path.join(folder, f"reached-{number}"), "w"):
         pass
+    beat = time.monotonic()
     while not os.path.exists(os.path.join(folder, "release")):
+        if heartbeat_every is not None and time.monotonic() - beat >= heartbeat_every:
+            trial.heartbeat()
+            beat = time.monotonic()
         time.sleep(0.05)
 
 

@@ -58,14 +58,17 @@ def study_manifest(
     search_space: list[dict[str, Any]] | None = None,
     namespace: str = NS,
     hold: tuple[Path, str, int] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A TuningStudy whose trials run :mod:`fake_trainer` (a local process per pod);
-    ``hold=(folder, "1,2", step)`` makes those trials wait at that step (see fake_trainer)."""
+    ``hold=(folder, "1,2", step)`` makes those trials wait at that step; ``extra_args`` go to
+    the fake trainer as they are (see fake_trainer)."""
     args = ["--steps", str(steps), "--sleep", str(sleep)]
     if hold is not None:
         args += ["--hold", str(hold[0]), "--hold-trials", hold[1], "--hold-at", str(hold[2])]
     if exit_code:
         args += ["--exit", str(exit_code)]
+    args += extra_args
     budget: dict[str, Any] = {"maxTrials": max_trials, "parallelism": parallelism}
     if max_failed is not None:
         budget["maxFailedTrials"] = max_failed

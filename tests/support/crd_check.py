@@ -549,6 +549,25 @@ BAD_EDITS: list[BadEdit] = [
         "should be greater than or equal to 1",
     ),
     _bad(
+        "heartbeat-timeout-too-short",
+        "spec.trial.heartbeatTimeoutSeconds",
+        5,
+        "trial.heartbeatTimeoutSeconds",
+        "spec.trial.heartbeatTimeoutSeconds",
+        "should be greater than or equal to 15",
+    ),
+    BadEdit(
+        "heartbeat-timeout-with-termination-message",
+        (
+            ("spec.pruner", DELETE),
+            ("spec.trial.result", {"from": "TerminationMessage"}),
+            ("spec.trial.heartbeatTimeoutSeconds", 60),
+        ),
+        "heartbeatTimeoutSeconds needs trial.result.from: Reporter",
+        "spec.trial",
+        "heartbeatTimeoutSeconds needs trial.result.from: Reporter",
+    ),
+    _bad(
         "negative-trials",
         "spec.budget.maxTrials",
         -5,
@@ -623,6 +642,7 @@ GOOD_EDITS: dict[str, tuple[tuple[str, Any], ...]] = {
         (_SS, [{"name": "a", "int": {"low": 0, "high": 99_999}}]),
     ),
     "names-at-the-length-cap": ((f"{_SS}.0.name", "L" * 63),),
+    "heartbeat-timeout-at-its-bounds": (("spec.trial.heartbeatTimeoutSeconds", 15),),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -400,3 +401,23 @@ def test_numeric_resource_quantities_are_sent_as_strings() -> None:
         ts.spec.trial.template["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
         == 1
     )
+
+
+def test_running_since_is_the_newest_running_trainer_start() -> None:
+    """The heartbeat timeout counts from here: a resumed Job's new pod, not the Job's start."""
+    old = _pod(
+        "digits-4",
+        containerStatuses=[{"name": "trainer", "state": {"terminated": {"exitCode": 0}}}],
+    )
+    new = _pod(
+        "digits-4",
+        containerStatuses=[
+            {"name": "sidecar", "state": {"running": {"startedAt": "2026-01-01T01:00:00Z"}}},
+            {"name": "trainer", "state": {"running": {"startedAt": "2026-01-01T00:30:00Z"}}},
+        ],
+    )
+    observed = observe_job(_job({"active": 1, "startTime": "2026-01-01T00:00:00Z"}), [old, new])
+    assert observed is not None
+    assert observed.running_since == datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+    pending = observe_job(_job({"active": 1}), [_pod("digits-4")])
+    assert pending is not None and pending.running_since is None

@@ -292,3 +292,62 @@ def test_rules_come_from_the_spec() -> None:
         }
     ).spec
     assert TrialRules.from_spec(spec, 9.0) == TrialRules(2, False, 2, 30, 9.0)
+
+
+# --- heartbeat timeout (trial.heartbeatTimeoutSeconds) ----------------------------------------
+
+HB_RULES = TrialRules(
+    max_retries=1,
+    reporter=True,
+    objectives=1,
+    active_deadline_seconds=None,
+    image_pull_grace_seconds=120.0,
+    heartbeat_timeout_seconds=60,
+)
+
+
+def test_silent_trainer_fails_with_heartbeat_timeout_and_its_job_goes() -> None:
+    silent = running(heartbeat=T0)
+    live = job(running_since=T0 - timedelta(seconds=5))
+    verdict = classify_trial(silent, live, HB_RULES, T0 + timedelta(seconds=61))
+    tell = tell_of(verdict)
+    assert (tell.state, tell.reason) == ("FAIL", R.HEARTBEAT_TIMEOUT)
+    assert "61 s" in tell.message and "heartbeatTimeoutSeconds: 60" in tell.message
+    assert DeleteJob(live.name, R.HEARTBEAT_TIMEOUT) in verdict.actions
+
+
+def test_recent_heartbeat_keeps_the_trial_and_asks_to_look_again_when_it_would_expire() -> None:
+    verdict = classify_trial(
+        running(heartbeat=T0 + timedelta(seconds=50)),
+        job(running_since=T0),
+        HB_RULES,
+        T0 + timedelta(seconds=70),
+    )
+    assert verdict.actions == ()
+    assert verdict.requeue_after == pytest.approx(40.0)
+
+
+def test_first_heartbeat_is_timed_from_the_trainer_start_of_the_current_pod() -> None:
+    # Attempt 0 heartbeated long ago; the retried attempt's trainer started 10 s ago: alive.
+    t = running(attempt=1, job_created=1, heartbeat=T0)
+    fresh = job(attempt=1, running_since=T0 + timedelta(seconds=300))
+    assert classify_trial(t, fresh, HB_RULES, T0 + timedelta(seconds=310)).actions == ()
+    # Never sent anything, started 61 s ago: silent.
+    never = classify_trial(running(), job(running_since=T0), HB_RULES, T0 + timedelta(seconds=61))
+    assert tell_of(never).reason == R.HEARTBEAT_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("rules", "observed"),
+    [
+        (RULES, job(running_since=T0)),  # no timeout configured
+        (HB_RULES, job(running_since=None)),  # no trainer running yet (pending, pulling)
+        (HB_RULES, job(phase="Suspended", running_since=None)),  # suspended or queued
+    ],
+)
+def test_no_heartbeat_judgement_without_a_timeout_or_a_running_trainer(
+    rules: TrialRules, observed: ObservedJob
+) -> None:
+    verdict = classify_trial(running(), observed, rules, T0 + timedelta(days=1))
+    assert verdict.actions == ()
+    assert verdict.requeue_after is None

@@ -14,6 +14,7 @@ from kubetune.status import (
     TrialRecord,
     best_trial,
     build_status,
+    last_progress,
     merge_conditions,
     pareto_front,
     trial_counts,
@@ -165,3 +166,19 @@ def test_without_a_ledger_the_previous_numbers_are_kept() -> None:
     )
     for key in ("trials", "bestTrial", "bestValue", "gpuSeconds", "optunaStudyName", "startTime"):
         assert status[key] == previous[key]
+
+
+def test_last_progress_is_the_newest_start_finish_or_heartbeat() -> None:
+    """A long trial that only heartbeats is progress (KubetuneStudyStalled must not fire)."""
+    started = NOW - timedelta(hours=3)
+    long_running = TrialRecord(0, "RUNNING", datetime_start=started, heartbeat=NOW)
+    finished = TrialRecord(
+        1, "COMPLETE", (1.0,), datetime_start=started, datetime_complete=NOW - timedelta(hours=2)
+    )
+    snap = LedgerSnapshot("s", (long_running, finished))
+    assert last_progress(snap) == NOW.timestamp()
+    silent = TrialRecord(0, "RUNNING", datetime_start=started)
+    assert last_progress(LedgerSnapshot("s", (silent, finished))) == (
+        NOW - timedelta(hours=2)
+    ).timestamp()
+    assert last_progress(LedgerSnapshot("s", (TrialRecord(0, "WAITING"),))) is None

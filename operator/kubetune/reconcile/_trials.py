@@ -48,6 +48,7 @@ class TrialRules:
     objectives: int
     active_deadline_seconds: int | None
     image_pull_grace_seconds: float
+    heartbeat_timeout_seconds: int | None = None
 
     @classmethod
     def from_spec(cls, spec: TuningStudySpec, image_pull_grace_seconds: float) -> TrialRules:
@@ -57,6 +58,7 @@ class TrialRules:
             objectives=len(spec.objectives),
             active_deadline_seconds=spec.trial.active_deadline_seconds,
             image_pull_grace_seconds=image_pull_grace_seconds,
+            heartbeat_timeout_seconds=spec.trial.heartbeat_timeout_seconds,
         )
 
 
@@ -106,10 +108,36 @@ def _missing_job(t: TrialRecord, rules: TrialRules) -> TrialVerdict:
     )
 
 
-def _live_job(t: TrialRecord, job: ObservedJob, rules: TrialRules, now: datetime) -> TrialVerdict:
-    """A live Job is fine unless its pod cannot start; an image that never comes fails it."""
-    if job.waiting_reason is None:
+def _silent_trainer(
+    t: TrialRecord, job: ObservedJob, rules: TrialRules, now: datetime
+) -> TrialVerdict:
+    """A running trainer silent past ``heartbeatTimeoutSeconds`` fails and its Job goes.
+
+    Silence counts from the newest of: the last report or heartbeat (any attempt), and the
+    start of the trainer container now running (so a retried attempt or a resumed Job starts
+    afresh, and a trainer that never sent anything is timed from its start). A Job without a
+    running trainer (pending, pulling, suspended) is not judged: other rules cover it.
+    """
+    timeout = rules.heartbeat_timeout_seconds
+    if timeout is None or job.phase != "Active" or job.running_since is None:
         return TrialVerdict()
+    last = job.running_since if t.heartbeat is None else max(job.running_since, t.heartbeat)
+    silent = (now - last).total_seconds()
+    if silent < timeout:
+        return TrialVerdict(requeue_after=timeout - silent)
+    message = (
+        f"Job {job.name}: the trainer sent no report and no heartbeat for {silent:.0f} s "
+        f"(heartbeatTimeoutSeconds: {timeout})"
+    )
+    tell = Tell(t.number, "FAIL", None, R.HEARTBEAT_TIMEOUT, message)
+    return TrialVerdict((tell, DeleteJob(job.name, R.HEARTBEAT_TIMEOUT)))
+
+
+def _live_job(t: TrialRecord, job: ObservedJob, rules: TrialRules, now: datetime) -> TrialVerdict:
+    """A live Job is fine unless its pod cannot start (an image that never comes fails it) or
+    its trainer went silent."""
+    if job.waiting_reason is None:
+        return _silent_trainer(t, job, rules, now)
     if job.waiting_reason == "Unschedulable" or job.waiting_since is None:
         return TrialVerdict(stuck=job)
     waited = (now - job.waiting_since).total_seconds()

@@ -33,6 +33,11 @@ MAX_GRID_POINTS = 100_000
 MAX_JSON_INT = 2**53 - 1
 #: The Job fields kubetune copies (ttlSecondsAfterFinished) are int32.
 MAX_INT32 = 2**31 - 1
+#: Bounds of ``trial.heartbeatTimeoutSeconds``: the report API stores a heartbeat at most every
+#: few seconds (``kubetune.reporting.HEARTBEAT_WRITE_SECONDS``), and a week is longer than any
+#: step worth waiting for.
+MIN_HEARTBEAT_TIMEOUT_SECONDS = 15
+MAX_HEARTBEAT_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 Scalar = str | int | float | bool
 _NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"

@@ -119,6 +119,11 @@ _SPEC_RULES: list[Rule] = [
         "fieldPath": ".pruner",
     },
     {
+        "rule": f"!has(self.trial.heartbeatTimeoutSeconds) || {_RESULT_FROM} == 'Reporter'",
+        "message": "trial.heartbeatTimeoutSeconds needs trial.result.from: Reporter",
+        "fieldPath": ".trial",
+    },
+    {
         "rule": f"{_PRUNER_TYPE} == 'None' || {_RESULT_FROM} == 'Reporter'",
         "message": "pruning needs trial.result.from: Reporter",
         "fieldPath": ".trial",
@@ -296,6 +301,8 @@ def _check_strategy(spec: TuningStudySpec) -> None:
         raise ValueError("pruning works with a single objective only (set pruner.type: None)")
     if spec.pruner.type != "None" and spec.trial.result.from_ != "Reporter":
         raise ValueError("pruning needs trial.result.from: Reporter")
+    if spec.trial.heartbeat_timeout_seconds is not None and spec.trial.result.from_ != "Reporter":
+        raise ValueError("trial.heartbeatTimeoutSeconds needs trial.result.from: Reporter")
 
 
 def _check_enqueued(enqueued: list[dict[str, Scalar]], params: dict[str, Parameter]) -> None:

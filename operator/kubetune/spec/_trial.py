@@ -10,7 +10,14 @@ from pydantic import (
     model_validator,
 )
 
-from kubetune.spec._base import MAX_INT32, MAX_JSON_INT, ResultSource, _Model
+from kubetune.spec._base import (
+    MAX_HEARTBEAT_TIMEOUT_SECONDS,
+    MAX_INT32,
+    MAX_JSON_INT,
+    MIN_HEARTBEAT_TIMEOUT_SECONDS,
+    ResultSource,
+    _Model,
+)
 
 
 class Budget(_Model):
@@ -67,6 +74,15 @@ class TrialSpec(_Model):
         ge=1,
         le=MAX_JSON_INT,
         description="A trial running longer than this fails with DeadlineExceeded.",
+    )
+    heartbeat_timeout_seconds: int | None = Field(
+        None,
+        ge=MIN_HEARTBEAT_TIMEOUT_SECONDS,
+        le=MAX_HEARTBEAT_TIMEOUT_SECONDS,
+        description="Reporter mode: a trial whose running trainer sent no report and no "
+        "heartbeat for this long fails with HeartbeatTimeout and its Job is deleted, so a hung "
+        "trainer frees its slot. Counted from the trainer container's start until the first "
+        "heartbeat. Unset: no limit.",
     )
     ttl_seconds_after_finished: int | None = Field(
         3600, ge=0, le=MAX_INT32, description="Delete finished trial Jobs after this many seconds."

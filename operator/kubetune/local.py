@@ -6,8 +6,9 @@ the runner serves the report API on 127.0.0.1 (``kubetune.reporting``), so the t
 the same API as in a cluster; in TerminationMessage mode it reads ``{"values": [...]}`` from a
 file named by ``KUBETUNE_TERMINATION_LOG``.
 
-A trial that crashes, hangs past ``activeDeadlineSeconds``, exits without a result or writes
-garbage becomes a FAIL trial with ``kubetune:fail_reason`` and ``kubetune:stderr_tail``; the
+A trial that crashes, hangs past ``activeDeadlineSeconds``, goes silent (no report, no
+heartbeat) past ``heartbeatTimeoutSeconds``, exits without a result or writes garbage becomes
+a FAIL trial with ``kubetune:fail_reason`` and ``kubetune:stderr_tail``; the
 study goes on. The study ends on the operator's rules (docs/architecture.md, "How a study
 ends"): ``maxFailedTrials`` and ``deadlineSeconds`` also stop the running trials (reason
 ``StudyStopped``), a Grid study ends once every point was tried (``SearchSpaceExhausted``),
@@ -61,7 +62,7 @@ from kubetune._local_plan import (
     trial_env,
 )
 from kubetune.reconcile import goal_reached
-from kubetune.reporting import FAIL_REASON_ATTR, ReportServer
+from kubetune.reporting import FAIL_REASON_ATTR, HEARTBEAT_ATTR, ReportServer
 from kubetune.sampling import (
     directions,
     grid_trials,
@@ -168,6 +169,8 @@ class _Running:
     kill_reason: str | None = None
     term_sent: float | None = None
     files: list[IO[bytes]] = field(default_factory=list)
+    #: Unix time of the last sign of life known: the start, then the newest heartbeat read.
+    last_seen: float = 0.0
 
 
 def _open_study(ts: TuningStudy, storage: str) -> optuna.Study:
@@ -421,7 +424,14 @@ class _Runner:
             )
             return
         self.running[number] = _Running(
-            trial, proc, self.clock(), stdout, stderr, termination_log, files=[out, err]
+            trial,
+            proc,
+            self.clock(),
+            stdout,
+            stderr,
+            termination_log,
+            files=[out, err],
+            last_seen=self.wall_clock(),
         )
 
     def watch(self) -> bool:
@@ -436,6 +446,10 @@ class _Runner:
                 )
                 run.term_sent = now
                 _kill_group(run.proc, signal.SIGTERM)
+            elif run.kill_reason is None and (silence := self._silence(run)) is not None:
+                run.kill_reason = silence
+                run.term_sent = now
+                _kill_group(run.proc, signal.SIGTERM)
             elif run.term_sent is not None and now - run.term_sent > GRACE_SECONDS:
                 _kill_group(run.proc, signal.SIGKILL)
             code = run.proc.poll()
@@ -445,6 +459,27 @@ class _Runner:
             self.finish(run, code)
             changed = True
         return changed
+
+    def _silence(self, run: _Running) -> str | None:
+        """The fail reason of a trainer silent past ``heartbeatTimeoutSeconds``, else None.
+
+        The ledger is read only once the last known sign of life is that old, so a chatty
+        trainer costs no reads here.
+        """
+        timeout = self.spec.trial.heartbeat_timeout_seconds
+        if timeout is None or self.wall_clock() - run.last_seen < timeout:
+            return None
+        attrs = self.study._storage.get_trial(run.trial._trial_id).user_attrs
+        beat = attrs.get(HEARTBEAT_ATTR)
+        if isinstance(beat, int | float) and not isinstance(beat, bool):
+            run.last_seen = max(run.last_seen, float(beat))
+        silent = self.wall_clock() - run.last_seen
+        if silent < timeout:
+            return None
+        return (
+            f"{reasons.HEARTBEAT_TIMEOUT}: sent no report and no heartbeat for {silent:.0f} s "
+            f"(heartbeatTimeoutSeconds={timeout})"
+        )
 
     def finish(self, run: _Running, code: int) -> None:
         for f in run.files:

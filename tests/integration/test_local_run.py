@@ -285,6 +285,45 @@ def test_a_trial_past_its_deadline_is_killed_and_the_study_goes_on(tmp_path: Pat
         os.kill(holds.holding()[str(hang.number)], 0)
 
 
+class WallJumpWhenHolding(JumpWhenHolding):
+    """``time.time``, plus a day once a stub holds: the runner's wall clock, which judges
+    ``heartbeatTimeoutSeconds`` against the heartbeats the report API stores."""
+
+    def __call__(self) -> float:
+        self.jumped = self.jumped or bool(self.holds.holding())
+        return time.time() + (self.DAY if self.jumped else 0.0)
+
+
+def test_a_silent_trainer_past_its_heartbeat_timeout_is_killed_and_the_study_goes_on(
+    tmp_path: Path,
+) -> None:
+    """``kubetune run`` applies ``trial.heartbeatTimeoutSeconds`` as the operator does."""
+    storage = f"sqlite:///{tmp_path}/heartbeat.db"
+    path = manifest(
+        tmp_path,
+        "heartbeat",
+        modes=["hang", "ok"],  # enqueued in this order; one at a time
+        budget={"maxTrials": 2, "parallelism": 1},
+    )
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["trial"]["heartbeatTimeoutSeconds"] = 3600
+    path.write_text(yaml.safe_dump(doc))
+    holds = Holds(tmp_path / "stub-dir")
+    wall = WallJumpWhenHolding(holds)
+    result = run_local(
+        path, storage=storage, console=quiet(), log_dir=tmp_path / "logs", wall_clock=wall
+    )
+    assert wall.jumped
+    assert (result.complete, result.failed) == (1, 1)
+    trials = by_mode(storage, "heartbeat")
+    reason = trials["hang"].user_attrs["kubetune:fail_reason"]
+    assert reason.startswith("HeartbeatTimeout: sent no report and no heartbeat for "), reason
+    assert reason.endswith("(heartbeatTimeoutSeconds=3600)"), reason
+    assert trials["ok"].state == TrialState.COMPLETE  # reported at once: not timed out
+    with pytest.raises(ProcessLookupError):
+        os.kill(holds.holding()[str(trials["hang"].number)], 0)
+
+
 def test_termination_message_mode(tmp_path: Path) -> None:
     modes = ["ok", "garbage", "rawnan", "crash"]
     storage = f"sqlite:///{tmp_path}/tm.db"

@@ -245,7 +245,14 @@ class TrialContext:
             self._post("prune", {})
 
     def heartbeat(self) -> None:
-        """Say the trial is alive during long steps between reports (best effort)."""
+        """Say the trial is alive during long steps between reports (best effort).
+
+        Reports count as heartbeats too. With ``trial.heartbeatTimeoutSeconds`` set, a trainer
+        that sends neither for that long is failed (``HeartbeatTimeout``) and stopped; call
+        this from the training loop (every few batches is fine: the server stores at most one
+        heartbeat per trial per 5 s) rather than from a background thread, which would keep a
+        hung trainer looking alive.
+        """
         if not self._http_mode():
             return
         try:

@@ -364,6 +364,27 @@ def test_the_pruner_judges_the_retried_attempt_on_its_own_curve(
     assert snapshot(study, number)[2] == {0: 0.9, 1: 0.8, 2: 0.2}
 
 
+def test_out_of_order_steps_and_reports_after_a_prune_advice_have_defined_answers(
+    storage: Any, studies: Studies, server: str
+) -> None:
+    """Bad input (docs/architecture.md): steps out of order are stored and each is judged on
+    the curve up to it; reports after ``prune: true`` are judged again while the trial is
+    RUNNING; once the trainer confirmed the prune, a report is 409 and changes nothing."""
+    study = new_study(storage, studies, pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    number = study.ask().number
+    client = sdk(server, study, number)
+    assert client.report(0.1, 5) is True
+    assert client.report(0.9, 3) is False  # judged on steps <= 3: fine there
+    assert client.report(0.2, 6) is True
+    assert client.report(0.3, 7) is True  # still RUNNING: answered, stored
+    client.pruned()
+    with pytest.raises(ReportError) as refused:
+        client.report(0.4, 8)
+    assert refused.value.status == 409
+    state, _, curve, _ = snapshot(study, number)
+    assert (state, curve) == (TrialState.PRUNED, {3: 0.9, 5: 0.1, 6: 0.2, 7: 0.3})
+
+
 def test_reports_and_heartbeats_are_signs_of_life_written_at_most_every_few_seconds(
     storage: Any, studies: Studies
 ) -> None:

@@ -1,7 +1,8 @@
 """Trials that are retried or go silent, on the real control plane (issue 16, items 1, 3, 8):
 
 - a retried attempt reports its steps again with other values: accepted, the trial completes
-  and Optuna keeps the new attempt's curve (the retry the eviction earned is not lost);
+  and Optuna keeps the new attempt's curve (the retry the eviction earned is not lost), also
+  when the retry's Job is deleted by hand (one more attempt, the trial counted once);
 - ``trial.heartbeatTimeoutSeconds``: a hung Reporter-mode trainer (alive, silent) fails with
   ``HeartbeatTimeout``, its Job is deleted and its slot is reused, also when the operator
   restarted while it hung; a trainer that heartbeats through a long step is left alone;
@@ -56,6 +57,50 @@ def test_retried_attempt_reports_a_different_curve_and_completes(
     assert trial.intermediate_values == {
         step: final * (step + 1) / STEPS + DRIFT for step in range(STEPS)
     }
+
+
+def test_job_deleted_by_hand_during_a_retry_is_retried_again_and_counted_once(
+    operator_world: World,
+) -> None:
+    """Bad input: the retried attempt's Job deleted by hand. The attempt counts as an
+    infrastructure failure (JobDeleted): attempt 2 runs, reports its own curve, completes."""
+    world = operator_world
+    name = "rerun-deleted"
+    gate = world.tmp / "gate"
+    gate.mkdir()
+    reached = gate / "reached-0"  # every attempt of trial 0 waits after step 2
+    manifest = study_manifest(
+        name,
+        max_trials=1,
+        parallelism=1,
+        steps=STEPS,
+        sleep=0.05,
+        hold=(gate, "0", 2),
+        extra_args=("--attempt-drift", str(DRIFT)),
+    )
+    world.apply(manifest)
+    world.wait(reached.exists, 60, "attempt 0 never reached step 2")
+    pod = world.wait(
+        lambda: world.cluster.kubelet.active_pod(f"{name}-0", NS), 60, "no running pod"
+    )
+    world.cluster.kubelet.evict(str(pod), NS)
+    reached.unlink()
+    world.wait(reached.exists, 60, "attempt 1 never reached step 2")
+    reached.unlink()
+    world.api.delete("jobs", f"{name}-0-r1", NS, propagation="Background")  # kubectl delete
+    world.wait(reached.exists, 60, "attempt 2 never reached step 2")
+    (gate / "release").touch()
+    world.wait_finished(name)
+
+    (trial,) = assert_exact_accounting(world, name, max_trials=1, expect_retries=True)
+    assert trial.state.name == "COMPLETE", trial.user_attrs
+    assert trial.user_attrs["kubetune:attempt"] == 2
+    final = trial.values[0]
+    assert trial.intermediate_values == {
+        step: final * (step + 1) / STEPS + 2 * DRIFT for step in range(STEPS)
+    }
+    status = world.status(name)
+    assert (status["trials"]["total"], status["trials"]["retried"]) == (1, 2)  # 2 retries
 
 
 def _gauge(url: str, name: str) -> float | None:

@@ -25,6 +25,11 @@ Rules (each tested in tests/unit/test_reconcile.py):
   (FAIL ``NoResult`` when missing or malformed); Reporter mode → the trial should already be
   finished through the report API; if it is still RUNNING the trainer never called
   ``complete`` → FAIL ``NoResult``.
+- ``trial.heartbeatTimeoutSeconds`` (Reporter mode): a trial whose trainer container runs and
+  whose last sign of life (the newer of ``kubetune:heartbeat`` and that container's start) is
+  older than the timeout → FAIL ``HeartbeatTimeout`` and its Job is deleted; otherwise the
+  decision asks to be run again when it would expire. Pending, pulling or suspended pods are
+  not judged.
 - Pods that cannot start: ``PodsHealthy=False`` (``Unschedulable`` or ``ImagePullFailed``);
   image pull errors fail the trial after ``image_pull_grace_seconds``.
 - No new trials while suspended, invalid (immutable fields changed), failed

@@ -178,7 +178,8 @@ def test_last_progress_is_the_newest_start_finish_or_heartbeat() -> None:
     snap = LedgerSnapshot("s", (long_running, finished))
     assert last_progress(snap) == NOW.timestamp()
     silent = TrialRecord(0, "RUNNING", datetime_start=started)
-    assert last_progress(LedgerSnapshot("s", (silent, finished))) == (
-        NOW - timedelta(hours=2)
-    ).timestamp()
+    assert (
+        last_progress(LedgerSnapshot("s", (silent, finished)))
+        == (NOW - timedelta(hours=2)).timestamp()
+    )
     assert last_progress(LedgerSnapshot("s", (TrialRecord(0, "WAITING"),))) is None

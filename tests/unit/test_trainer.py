@@ -205,6 +205,24 @@ def test_main_reads_params_and_writes_the_result(
     assert "throughput samples/s:" in out
 
 
+def test_main_sends_heartbeats_during_long_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Recording(TrialContext):
+        beats = 0
+
+        def heartbeat(self) -> None:
+            Recording.beats += 1
+
+    ctx, log = sdk(tmp_path, {"epochs": 1, "batch_size": 64})
+    recording = Recording(ctx._env)
+    monkeypatch.setattr("kubetune_trainer.cli.HEARTBEAT_SECONDS", 0.0)  # every step
+    assert main([], sdk=recording) == 0
+    # digits: 1,437 training samples / 64 -> one heartbeat per optimizer step.
+    assert Recording.beats >= 10, Recording.beats
+    assert json.loads(log.read_text())["values"]
+
+
 def test_main_fails_the_trial_on_a_bad_parameter(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,24 @@ from kubetune import trial as sdk_module
 from kubetune_trainer.config import build_config
 from kubetune_trainer.data import load
 from kubetune_trainer.train import EpochStats, train
+
+#: How often a training loop sends a heartbeat between epoch reports (the smallest
+#: ``heartbeatTimeoutSeconds`` is 15 s; the report API stores one per trial per 5 s).
+HEARTBEAT_SECONDS = 5.0
+
+
+def _heartbeats(kt: Any) -> Any:
+    """A per-step callback that sends a heartbeat at most every ``HEARTBEAT_SECONDS``."""
+    last = time.monotonic()
+
+    def alive() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= HEARTBEAT_SECONDS:
+            last = now
+            kt.heartbeat()
+
+    return alive
 
 
 def _say(message: str) -> None:
@@ -52,7 +71,7 @@ def main(argv: Sequence[str] | None = None, sdk: Any = None) -> int:
         )
         return bool(kt.report(stats.value, step=stats.epoch))
 
-    result = train(cfg, data, on_epoch=on_epoch)
+    result = train(cfg, data, on_epoch=on_epoch, alive=_heartbeats(kt))
     _say(
         f"Training {result.stopped}: best val_accuracy={result.best_val_accuracy:.4f} "
         f"at epoch {result.best_epoch + 1}, epochs={result.epochs_run}, device={result.device}, "

@@ -169,9 +169,14 @@ def train(
     data: Data,
     *,
     on_epoch: Callable[[EpochStats], bool] | None = None,
+    alive: Callable[[], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
-    """Train ``cfg``'s model on ``data``; ``on_epoch`` returning True stops the run (pruned)."""
+    """Train ``cfg``'s model on ``data``; ``on_epoch`` returning True stops the run (pruned).
+
+    ``alive`` is called after every optimizer step: the caller turns it into heartbeats, so a
+    long epoch is not taken for a hung trainer (``trial.heartbeatTimeoutSeconds``).
+    """
     device = pick_device(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -233,6 +238,8 @@ def train(
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
             scheduler.step()
+            if alive is not None:
+                alive()
             loss_sum += loss.detach() * len(yb)
             seen += len(yb)
         train_loss = float(loss_sum) / max(seen, 1)

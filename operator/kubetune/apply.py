@@ -24,6 +24,7 @@ from kubetune.reconcile import (
     CreateJob,
     Decision,
     DeleteJob,
+    EventSpec,
     LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
@@ -145,7 +146,8 @@ async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
         rt.metrics.observe_ask(time.monotonic() - asked)
         await create_trial_job(rt, t, number, 0, params)
         rt.metrics.job_launched(time.monotonic() - seen_free)
-        post_event(t.body, "Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
+        launched = EventSpec("Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
+        rt.announce(t.namespace, t.name, launched)
         rt.metrics.record_progress(t.namespace, t.name, time.time())
         _log("Launched trial", t, trial=number)
 
@@ -174,7 +176,9 @@ async def create_trial_job(
         await rt.db(
             rt.ledger.tell, t.study, trial, "FAIL", None, reason=R.JOB_REJECTED, message=refused
         )
-        post_event(t.body, "Warning", R.JOB_REJECTED, f"Trial {trial}: {refused}")
+        rt.announce(
+            t.namespace, t.name, EventSpec("Warning", R.JOB_REJECTED, f"Trial {trial}: {refused}")
+        )
         logger.warning(
             "Refused Job study=%s/%s job=%s: %s",
             t.namespace,

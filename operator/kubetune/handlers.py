@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from kubetune.config import ConfigError, OperatorConfig
+from kubetune.event_posting import EventPoster
 from kubetune.jobs import LABEL_STUDY, study_label
 from kubetune.kube_client import KubeApi
 from kubetune.ledger import Ledger, make_storage
@@ -76,6 +77,7 @@ async def startup(**kwargs: Any) -> None:
     if not isinstance(registry, CollectorRegistry):
         registry = CollectorRegistry()
     rt = _make_runtime(config, registry)
+    rt.events.start()
     await _start_servers(rt)
     memo.runtime = rt
     logger.info("Started kubetune operator config=%r ports=%s", config, rt.ports)
@@ -85,16 +87,18 @@ def _make_runtime(config: OperatorConfig, registry: CollectorRegistry) -> Runtim
     storage = make_storage(
         config.storage_url, pool_size=config.pool_size, max_overflow=config.max_overflow
     )
+    api = KubeApi.from_environment()
     return Runtime(
         config=config,
         ledger=Ledger(storage),
         signer=TokenSigner(config.token_key),
         metrics=OperatorMetrics(registry),
         registry=registry,
-        api=KubeApi.from_environment(),
+        api=api,
         executor=concurrent.futures.ThreadPoolExecutor(
             max_workers=config.pool_size + config.max_overflow, thread_name_prefix="ledger"
         ),
+        events=EventPoster(api.core),
         report_url=config.report_url,
     )
 
@@ -134,6 +138,7 @@ async def cleanup(**kwargs: Any) -> None:
     for runner in rt.runners:
         with contextlib.suppress(Exception):
             await runner.cleanup()
+    await rt.events.stop()
     rt.executor.shutdown(wait=False, cancel_futures=True)
     rt.api.close()
     logger.info("Stopped kubetune operator")

@@ -31,6 +31,11 @@ class KubeApi:
         self._exc = kubernetes.client.exceptions.ApiException
         self._warned_logs = False
 
+    @property
+    def core(self) -> Any:
+        """The CoreV1Api (per-trial Events are written through it: ``event_posting``)."""
+        return self._core
+
     @classmethod
     def from_environment(cls) -> KubeApi:
         import kubernetes

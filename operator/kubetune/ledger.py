@@ -293,6 +293,10 @@ class Ledger:
             self._ids[key] = tid
         return tid
 
+    def trial(self, study: optuna.Study, number: int) -> TrialRecord:
+        """One trial as the reconcile sees it (to announce what the report API just told)."""
+        return _record(study._storage.get_trial(self._trial_id(study, number)))
+
     def ask(self, study: optuna.Study, spec: TuningStudySpec) -> tuple[int, dict[str, Any]]:
         """Ask for a trial (enqueued ones first) and suggest its parameters.
 

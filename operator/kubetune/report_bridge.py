@@ -2,8 +2,9 @@
 
 The report API (:mod:`kubetune.reporting`) finds studies through :func:`resolve_study` and
 tells the operator what happened through :func:`on_report_event`: request counts for the
-metrics, and finished trials, which wake the study's loop at once (the next trial launches
-without waiting for the Job to end).
+metrics, and finished trials, which get their outcome Event (the same message rule as the
+reconcile's, ``reconcile.reported_outcome_event``) and wake the study's loop at once (the
+next trial launches without waiting for the Job to end).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import optuna
 
 from kubetune.jobs import study_label
+from kubetune.reconcile import reported_outcome_event
 from kubetune.runtime import Runtime
 
 __all__ = ["STARTUP_GRACE_SECONDS", "on_report_event", "resolve_study"]
@@ -47,7 +49,7 @@ def resolve_study(rt: Runtime, namespace: str, name: str) -> optuna.Study | None
 def on_report_event(
     rt: Runtime, kind: str, namespace: str, study: str, number: int | None, **fields: Any
 ) -> None:
-    """Report API hook: count requests, and wake the study when a trial finished."""
+    """Report API hook: count requests; when a trial finished, its Event, and wake the study."""
     if kind == "request":
         code = int(fields.get("code", 0))
         rt.metrics.report_request(str(fields.get("action", "")), code)
@@ -59,13 +61,36 @@ def on_report_event(
             rt.metrics.trial_finished(namespace, study, state, duration_seconds=0.0)
         else:
             # The duration and GPU-seconds come from the ledger (blocking): count off the loop.
-            task = asyncio.get_running_loop().create_task(
-                _count_reported_finish(rt, namespace, study, number, state)
-            )
-            rt.tasks.add(task)
-            task.add_done_callback(rt.tasks.discard)
+            for work in (
+                _count_reported_finish(rt, namespace, study, number, state),
+                _announce_reported(rt, namespace, study, number),
+            ):
+                task = asyncio.get_running_loop().create_task(work)
+                rt.tasks.add(task)
+                task.add_done_callback(rt.tasks.discard)
         rt.metrics.record_progress(namespace, study, time.time())
         rt.wake(namespace, study_label(study))
+
+
+async def _announce_reported(rt: Runtime, namespace: str, name: str, number: int) -> None:
+    """The trial's outcome Event (its values, step or reason are read from the ledger)."""
+    study = rt.ledger.resolve(namespace, name)
+    if study is None:
+        return
+    try:
+        record = await rt.db(rt.ledger.trial, study, number)
+    except Exception as e:  # an Event must not break anything
+        logger.warning(
+            "Could not read trial study=%s/%s trial=%d error=%s",
+            namespace,
+            name,
+            number,
+            type(e).__name__,
+        )
+        return
+    event = reported_outcome_event(record)
+    if event is not None:
+        rt.announce(namespace, name, event)
 
 
 def _reported_usage(study: optuna.Study, number: int, gpus: float) -> tuple[float, float, float]:

@@ -19,10 +19,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from kubetune.config import OperatorConfig
+from kubetune.event_posting import EventPoster, study_reference
 from kubetune.jobs import study_label
 from kubetune.kube_client import KubeApi
 from kubetune.ledger import Ledger
 from kubetune.metrics import OperatorMetrics
+from kubetune.reconcile import EventBudget, EventSpec
 from kubetune.tokens import TokenSigner
 
 __all__ = ["Runtime", "StudyKey", "StudyState"]
@@ -50,6 +52,10 @@ class StudyState:
     #: The last InvalidSpec message posted as an Event. The body's status can lag our own
     #: patch by one watch event, so it alone would post the Event twice.
     invalid_posted: str | None = None
+    #: The study object's uid (its Events point at it; "" until the first reconcile).
+    uid: str = ""
+    #: How many per-trial Events of each reason were posted one by one (the rest fold).
+    event_budget: EventBudget = dataclasses.field(default_factory=EventBudget)
 
 
 @dataclasses.dataclass
@@ -63,6 +69,8 @@ class Runtime:
     registry: CollectorRegistry
     api: KubeApi
     executor: concurrent.futures.ThreadPoolExecutor
+    #: Writes per-trial Events (see :meth:`announce`).
+    events: EventPoster
     report_url: str | None = None
     studies: dict[StudyKey, StudyState] = dataclasses.field(default_factory=dict)
     runners: list[web.AppRunner] = dataclasses.field(default_factory=list)
@@ -90,6 +98,14 @@ class Runtime:
     def release(self, namespace: str, name: str) -> None:
         """Forget the study (it was deleted): its state goes in one piece."""
         self.studies.pop((namespace, study_label(name)), None)
+        self.events.forget(namespace, name)
+
+    def announce(self, namespace: str, name: str, event: EventSpec) -> None:
+        """Post a per-trial Event through the study's budget (posted, or folded when the
+        study already has its share of that reason). Never blocks."""
+        state = self.study(namespace, name)
+        decision = state.event_budget.admit(event, study=name, uid=state.uid)
+        self.events.post(study_reference(namespace, name, state.uid), decision)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking ledger call on the executor sized to the connection pool."""

@@ -25,7 +25,7 @@ from kubetune.apply import Target, apply_decision, now, patch_status, post_event
 from kubetune.config import OperatorConfig
 from kubetune.jobs import study_label
 from kubetune.observe import ChildIndex, observe_children, parse_body, with_log_tails
-from kubetune.reconcile import Decision, decide
+from kubetune.reconcile import AGGREGATED_REASONS, Decision, decide
 from kubetune.runtime import Runtime, StudyState
 from kubetune.sampling import grid_trials, sampler_unavailable
 from kubetune.spec import SpecError, TuningStudySpec
@@ -98,6 +98,7 @@ async def reconcile_study(
     meta = body.metadata
     namespace, name, uid = str(meta.namespace), str(meta.name), str(meta.uid or "")
     state = rt.study(namespace, name)
+    state.uid = uid
     spec = await _valid_spec(rt, body, state)
     if spec is None:
         return rt.config.resync_seconds
@@ -136,7 +137,10 @@ async def reconcile_study(
         return await _storage_down(rt, body, state, e)
     await patch_status(rt, body, decision.status)
     for ev in decision.events:
-        post_event(body, ev.type, ev.reason, ev.message)
+        if ev.reason in AGGREGATED_REASONS:  # per trial: bounded, see event_posting
+            rt.announce(namespace, name, ev)
+        else:
+            post_event(body, ev.type, ev.reason, ev.message)
     _observe_metrics(rt, namespace, name, spec, decision, progress=last_progress(snap))
     if changed:
         return 0.0  # look again at once: the status should show what was just done

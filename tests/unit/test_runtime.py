@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any
 
+from kubetune.event_posting import EventPoster
 from kubetune.jobs import study_label
 from kubetune.runtime import Runtime
 
@@ -19,6 +20,7 @@ def _runtime() -> Runtime:
         registry=none,
         api=none,
         executor=concurrent.futures.ThreadPoolExecutor(max_workers=1),
+        events=EventPoster(none),
     )
 
 

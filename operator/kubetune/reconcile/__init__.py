@@ -45,6 +45,10 @@ Rules (each tested in tests/unit/test_reconcile.py):
 - ``spec.suspend: true`` sets ``spec.suspend`` on the running trials' Jobs (their pods go,
   the Jobs keep their slots), ``false`` clears it again; not for Kueue-queued studies, whose
   Jobs' ``spec.suspend`` belongs to Kueue.
+- Every trial outcome is announced by one rule (``_events.outcome_event``): told here, or
+  told by the trainer through the report API (``reported_outcome_event``, posted by the
+  shell). Per study and per-trial reason the first ``DEFAULT_EVENTS_PER_REASON`` Events are
+  posted one by one, later ones fold into one aggregate Event (:class:`EventBudget`).
 - A pass that raises is not the decision's: the shell sets ``Reconciled=False`` (reason
   ``ReconcileError``, :func:`reconcile_error_status`, message by :func:`describe_error`), posts
   a Warning Event and tries again after :func:`reconcile_backoff` (2 s doubling to 5 min).
@@ -66,6 +70,17 @@ from kubetune.reconcile._actions import (
 )
 from kubetune.reconcile._budget import Goal, goal_reached
 from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
+from kubetune.reconcile._events import (
+    AGGREGATED_REASONS,
+    COMBINED_PREFIX,
+    DEFAULT_EVENTS_PER_REASON,
+    EventBudget,
+    FoldEvent,
+    PostEvent,
+    aggregate_event_name,
+    outcome_event,
+    reported_outcome_event,
+)
 from kubetune.reconcile._observed import ExpectedJob
 from kubetune.reconcile._study import (
     describe_error,
@@ -77,26 +92,35 @@ from kubetune.reconcile._study import (
 from kubetune.reconcile._trials import MAX_LOG_TAIL_CHARS
 
 __all__ = [
+    "AGGREGATED_REASONS",
+    "COMBINED_PREFIX",
+    "DEFAULT_EVENTS_PER_REASON",
     "DEFAULT_IMAGE_PULL_GRACE_SECONDS",
     "MAX_LOG_TAIL_CHARS",
     "Action",
     "CreateJob",
     "Decision",
     "DeleteJob",
+    "EventBudget",
     "EventSpec",
     "ExpectedJob",
+    "FoldEvent",
     "Goal",
     "LaunchTrials",
+    "PostEvent",
     "RecordUsage",
     "RelaunchAttempt",
     "SuspendJob",
     "Tell",
+    "aggregate_event_name",
     "decide",
     "describe_error",
     "goal_reached",
+    "outcome_event",
     "reconcile_backoff",
     "reconcile_error_status",
     "redact",
+    "reported_outcome_event",
     "spec_hash",
     "storage_error_status",
 ]

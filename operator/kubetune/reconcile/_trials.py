@@ -17,6 +17,7 @@ from kubetune.reconcile._actions import (
     RelaunchAttempt,
     Tell,
 )
+from kubetune.reconcile._events import outcome_event
 from kubetune.reconcile._observed import current_attempt_jobs, is_active
 from kubetune.status import TrialRecord, TrialStateName
 
@@ -271,27 +272,10 @@ def stale_job_deletions(
 
 def trial_events(tells: Iterable[Tell]) -> tuple[EventSpec, ...]:
     """One Event per trial told: completed (Normal) or failed (Warning, first message line)."""
-    out: list[EventSpec] = []
-    for tell in tells:
-        if tell.state == "COMPLETE":
-            values = list(tell.values or ())
-            out.append(
-                EventSpec(
-                    "Normal",
-                    R.TRIAL_COMPLETED,
-                    f"Trial {tell.trial} completed with values {values}",
-                )
-            )
-        else:
-            first_line = tell.message.splitlines()[0] if tell.message else ""
-            out.append(
-                EventSpec(
-                    "Warning",
-                    R.TRIAL_FAILED,
-                    f"Trial {tell.trial} failed ({tell.reason}): {first_line}",
-                )
-            )
-    return tuple(out)
+    return tuple(
+        outcome_event(t.trial, t.state, values=t.values, reason=t.reason, message=t.message)
+        for t in tells
+    )
 
 
 def trial_states(

@@ -56,6 +56,11 @@ ALL_NAMESPACES = [*BASE_VALUES, "watch.mode=AllNamespaces"]
 UNEXERCISED_GRANTS: dict[Permission, str] = {
     ("batch", "jobs", "patch"): "spec.suspend: true/false sets spec.suspend on the running "
     "Jobs (tests/integration/test_operator_lifecycle.py runs it; this workload does not)",
+    ("", "events", "patch"): "raises the count of a study's aggregate per-trial Event, from "
+    "the 11th Event of one reason on (tests/integration/test_operator_events.py runs it; "
+    "these studies have fewer trials)",
+    ("", "events", "get"): "a restarted operator reads the count of the aggregate Event it "
+    "left (tests/integration/test_operator_events.py runs it; this workload does not restart)",
 }
 
 

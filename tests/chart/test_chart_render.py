@@ -306,7 +306,7 @@ def test_rbac_is_least_privilege(render: Render, values: Path | None) -> None:
         *(("batch", "jobs", v) for v in ("create", "list", "watch", "delete", "patch")),
         *(("", "pods", v) for v in ("list", "watch")),
         ("", "pods/log", "get"),
-        ("", "events", "create"),
+        *(("", "events", v) for v in ("create", "patch", "get")),
     }
     if values is not None and values.name == "all-namespaces-values.yaml":
         # kopf's resource observer, which runs only cluster-wide.

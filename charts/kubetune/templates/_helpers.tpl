@@ -145,9 +145,11 @@ Call with (dict "ctx" $ "name" SECRET "key" KEY "length" N).
 
 {{/*
 Only what the operator calls, in the watched namespaces. No access to Secrets: the operator gets
-its own Secrets as environment variables. No "get": kopf and the operator list and watch, and a
-read of one object never happens (tests/chart/test_chart_install.py compares these rules with
-the requests of a real run; tests/chart/rbac.py reads them back).
+its own Secrets as environment variables. No "get" but on Events: kopf and the operator list and
+watch; the one read is of the study's aggregate per-trial Event, whose count a restarted operator
+goes on from (events "patch" raises that count; kubetune/event_posting.py).
+tests/chart/test_chart_install.py compares these rules with the requests of a real run;
+tests/chart/rbac.py reads them back.
 */}}
 {{- define "kubetune.rbacRules" -}}
 - apiGroups: ["kubetune.io"]
@@ -167,5 +169,5 @@ the requests of a real run; tests/chart/rbac.py reads them back).
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch", "get"]
 {{- end }}

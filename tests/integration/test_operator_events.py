@@ -29,6 +29,7 @@ from kubetune.reconcile import (
     DEFAULT_EVENTS_PER_REASON,
     EventBudget,
     EventSpec,
+    aggregate_event_name,
     outcome_event,
 )
 
@@ -236,3 +237,33 @@ def test_two_hundred_outcomes_leave_a_bounded_number_of_event_objects(
     }
     assert sum(e["count"] for e in stored) == 245
     assert len([e for e in stored if e["count"] > 1]) == 3
+
+
+def test_an_aggregate_that_expired_is_started_again(cluster: Cluster, tmp_path: Path) -> None:
+    """The API server drops Events after ``--event-ttl``: folding goes on in a new one."""
+    uid = _study(cluster, tmp_path)["metadata"]["uid"]
+    name = aggregate_event_name("many", uid, "TrialCompleted")
+    done = [outcome_event(i, "COMPLETE", values=(float(i),)) for i in range(6)]
+
+    async def run() -> None:
+        client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        try:
+            poster = EventPoster(kubernetes.client.CoreV1Api(client), EventBudget(limit=1))
+            poster.start()
+            poster.remember(NS, "many", uid)
+            for event in done[:3]:
+                poster.post(NS, "many", event)
+            await poster.drain(timeout=60)
+            assert cluster.api.get("events", name, NS)["count"] == 2
+            cluster.api.delete("events", name, NS)  # what the TTL does
+            for event in done[3:]:
+                poster.post(NS, "many", event)
+            await poster.stop(timeout=60)
+        finally:
+            client.close()
+
+    asyncio.run(run())
+    aggregate = cluster.api.get("events", name, NS)
+    assert aggregate["count"] == 3
+    assert aggregate["message"] == COMBINED_PREFIX + "Trial 5 completed with values [5.0]"
+    assert len(events(cluster, "many")) == 2  # trial 0 on its own, and the aggregate

@@ -23,7 +23,7 @@ from operator_fixtures import (
 )
 
 from harness import Cluster
-from kubetune.event_posting import EventPoster
+from kubetune.event_posting import EventPoster, study_reference
 from kubetune.reconcile import (
     COMBINED_PREFIX,
     DEFAULT_EVENTS_PER_REASON,
@@ -177,15 +177,16 @@ def _study(cluster: Cluster, tmp_path: Path) -> dict[str, Any]:
 
 def _post_all(cluster: Cluster, uid: str, outcomes: list[EventSpec]) -> None:
     """What the operator does: one EventPoster (fresh memory, like a fresh process)."""
+    ref = study_reference(NS, "many", uid)
 
     async def run() -> None:
         client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
         try:
-            poster = EventPoster(kubernetes.client.CoreV1Api(client), EventBudget())
+            poster = EventPoster(kubernetes.client.CoreV1Api(client))
+            budget = EventBudget()  # a fresh process starts with a fresh budget
             poster.start()
-            poster.remember(NS, "many", uid)
             for event in outcomes:
-                poster.post(NS, "many", event)
+                poster.post(ref, budget.admit(event, study="many", uid=uid))
             await poster.stop(timeout=120)
         finally:
             client.close()
@@ -244,20 +245,21 @@ def test_an_aggregate_that_expired_is_started_again(cluster: Cluster, tmp_path: 
     uid = _study(cluster, tmp_path)["metadata"]["uid"]
     name = aggregate_event_name("many", uid, "TrialCompleted")
     done = [outcome_event(i, "COMPLETE", values=(float(i),)) for i in range(6)]
+    ref = study_reference(NS, "many", uid)
 
     async def run() -> None:
         client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
         try:
-            poster = EventPoster(kubernetes.client.CoreV1Api(client), EventBudget(limit=1))
+            poster = EventPoster(kubernetes.client.CoreV1Api(client))
+            budget = EventBudget(limit=1)
             poster.start()
-            poster.remember(NS, "many", uid)
             for event in done[:3]:
-                poster.post(NS, "many", event)
+                poster.post(ref, budget.admit(event, study="many", uid=uid))
             await poster.drain(timeout=60)
             assert cluster.api.get("events", name, NS)["count"] == 2
             cluster.api.delete("events", name, NS)  # what the TTL does
             for event in done[3:]:
-                poster.post(NS, "many", event)
+                poster.post(ref, budget.admit(event, study="many", uid=uid))
             await poster.stop(timeout=60)
         finally:
             client.close()

@@ -39,11 +39,9 @@ CamelCase words become ``Other``; unknown report routes become ``other``.
 How the operator uses it::
 
     metrics = OperatorMetrics(registry)
-    with metrics.reconcile_timer():             # around one reconcile pass
-        ...
-        with metrics.ask_timer():               # around study.ask()
-            trial = study.ask()
-        metrics.job_launched(latency_seconds)   # slot seen free -> Job created (201 or 409)
+    metrics.observe_reconcile(seconds)          # one reconcile pass
+    metrics.observe_ask(seconds)                # one study.ask()
+    metrics.job_launched(latency_seconds)   # slot seen free -> Job created (201 or 409)
         metrics.trial_retried(ns, name)         # an infrastructure retry was launched
         metrics.trial_finished(ns, name, "PRUNED", duration_seconds=...,
                                gpu_seconds=..., gpu_seconds_saved=...)
@@ -57,8 +55,8 @@ How the operator uses it::
     metrics.record_progress(ns, name, time.time())      # a trial reported or finished
     metrics.forget_study(ns, name)                      # the TuningStudy was deleted
 
-Serving: mount :func:`metrics_handler` on the operator's aiohttp app (``GET /metrics``), or use
-:func:`metrics_app` / :func:`start_metrics_server` for a standalone listener (port 8080).
+Serving: mount :func:`metrics_handler` on an aiohttp app (``GET /metrics``), or use
+:func:`metrics_app` for a listener of its own (the operator's, port 8080).
 """
 
 from __future__ import annotations
@@ -68,17 +66,13 @@ import math
 import platform
 import re
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
@@ -93,7 +87,6 @@ __all__ = [
     "metrics_app",
     "metrics_handler",
     "render",
-    "start_metrics_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,6 +112,7 @@ JOB_LAUNCH_BUCKETS: Final = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 
+_STUDY: Final = ["namespace", "study"]
 _CAMEL_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,62}$")
 _OTHER = "Other"
 
@@ -159,7 +153,6 @@ class OperatorMetrics:
 
     Args:
         registry: where the metrics live; the operator's own, or a test's.
-        clock: monotonic seconds for the timers (``reconcile_timer``, ``ask_timer``).
         version: reported in ``kubetune_build_info``; defaults to the installed package's.
     """
 
@@ -167,19 +160,20 @@ class OperatorMetrics:
         self,
         registry: CollectorRegistry,
         *,
-        clock: Callable[[], float] = time.perf_counter,
         version: str | None = None,
     ) -> None:
-        self._clock = clock
         self._lock = threading.Lock()
         # What we created per study, so forget_study() can drop exactly that.
         self._objectives: dict[tuple[str, str], set[str]] = {}
         self._conditions: dict[tuple[str, str], str] = {}
         self._condition_series: set[tuple[str, str]] = set()
         self._progress: dict[tuple[str, str], float] = {}
-        study = ["namespace", "study"]
+        self._gauges(registry, version)
+        self._counters(registry)
 
-        # Ledger gauges.
+    def _gauges(self, registry: CollectorRegistry, version: str | None) -> None:
+        """The ledger gauges (set from the ledger on every pass; a restart keeps them true)."""
+        study = _STUDY
         self.study_trials = Gauge(
             "kubetune_study_trials",
             "Trials of the study in the Optuna ledger by state (RETRIED: retries launched).",
@@ -243,7 +237,9 @@ class OperatorMetrics:
             version or _version("kubetune"), platform.python_version(), _version("optuna")
         ).set(1)
 
-        # Process counters and histograms.
+    def _counters(self, registry: CollectorRegistry) -> None:
+        """What this process did: counters and histograms, zero at each start."""
+        study = _STUDY
         self.trials_total = Counter(
             "kubetune_trials_total",
             "Trial outcomes recorded by this operator process (RETRIED: retries launched).",
@@ -353,15 +349,6 @@ class OperatorMetrics:
         if duration is not None:
             self.reconcile_duration.observe(duration)
 
-    @contextmanager
-    def reconcile_timer(self) -> Iterator[None]:
-        """Time a reconcile pass (also when it raises: slow failures are worth seeing)."""
-        start = self._clock()
-        try:
-            yield
-        finally:
-            self.observe_reconcile(self._clock() - start)
-
     def reconcile_failed(self, reason: str) -> None:
         """Count a failed reconcile; ``reason`` is a CamelCase constant (else ``Other``)."""
         self.reconcile_errors.labels(_camel(reason)).inc()
@@ -370,15 +357,6 @@ class OperatorMetrics:
         duration = _amount(seconds, "seconds")
         if duration is not None:
             self.ask_duration.observe(duration)
-
-    @contextmanager
-    def ask_timer(self) -> Iterator[None]:
-        """Time Optuna's ``study.ask()``."""
-        start = self._clock()
-        try:
-            yield
-        finally:
-            self.observe_ask(self._clock() - start)
 
     def report_request(self, route: str, code: int) -> None:
         """Count one report API request; ``route`` is the last path segment (``report``...)."""
@@ -558,16 +536,3 @@ def metrics_app(registry: CollectorRegistry) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
     return app
-
-
-def start_metrics_server(
-    registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"
-) -> WSGIServer:
-    """Serve ``registry`` on ``addr:port`` from a daemon thread (prometheus_client's server).
-
-    Returns the server; ``server.shutdown()`` stops it.
-    """
-    from prometheus_client import start_http_server
-
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
-    return server

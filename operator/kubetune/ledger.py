@@ -52,10 +52,14 @@ __all__ = [
     "SPEC_HASH_ATTR",
     "USAGE_ATTR",
     "Ledger",
+    "find_trial",
     "make_storage",
     "normalise_storage_url",
     "optuna_study_name",
+    "read_trial",
     "snapshot",
+    "write_intermediate",
+    "write_user_attr",
 ]
 
 logger = logging.getLogger(__name__)
@@ -376,3 +380,26 @@ class Ledger:
             if self.tell(study, t.number, "FAIL", reason=reason, message=message):
                 count += 1
         return count
+
+
+# --- One trial by number, for the report API (blocking; Optuna's storage API stays here) ----
+
+
+def find_trial(study: optuna.Study, number: int) -> tuple[int, FrozenTrial]:
+    """The trial's storage id and its stored state; ``KeyError`` when there is no such trial."""
+    storage = study._storage
+    trial_id = int(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return trial_id, storage.get_trial(trial_id)
+
+
+def read_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    return study._storage.get_trial(trial_id)
+
+
+def write_intermediate(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
+    """Store (or replace) the value of ``step``: the latest report of a step wins."""
+    study._storage.set_trial_intermediate_value(trial_id, step, value)
+
+
+def write_user_attr(study: optuna.Study, trial_id: int, key: str, value: Any) -> None:
+    study._storage.set_trial_user_attr(trial_id, key, value)

@@ -30,30 +30,35 @@ Rules a caller can rely on:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-import json
 import logging
-import math
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 import sqlalchemy.exc
 from aiohttp import web
-from optuna.trial import TrialState
 
 # The ledger owns the trial user attrs' names (kubetune:attempt, kubetune:fail_reason).
 from kubetune.ledger import ATTEMPT_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR
+from kubetune.report_rules import (
+    HEARTBEAT_WRITE_SECONDS,
+    MAX_REASON_CHARS,
+    MAX_STEP,
+    Outcome,
+    Reply,
+    decode_body,
+    error,
+    parse_complete,
+    parse_fail,
+    parse_report,
+    run_action,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
-
-    from optuna.trial import FrozenTrial
 
     from kubetune.tokens import TokenSigner
 
@@ -73,14 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: A report or heartbeat rewrites ``kubetune:heartbeat`` only when the stored one is at least
-#: this old: one write per trial per few seconds, however often a trainer reports
-#: (``trial.heartbeatTimeoutSeconds`` is at least 15).
-HEARTBEAT_WRITE_SECONDS = 5.0
-#: Largest step Optuna's RDB schema can store (an SQL INTEGER).
-MAX_STEP = 2**31 - 1
-#: Longest failure reason stored; longer ones are cut (a traceback tail is still useful).
-MAX_REASON_CHARS = 1024
 ACTIONS = ("report", "complete", "fail", "prune", "heartbeat")
 
 _NUMBER_RE = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
@@ -99,240 +96,6 @@ class EventHook(Protocol):
     def __call__(
         self, kind: str, namespace: str, study: str, number: int | None, /, **fields: Any
     ) -> None: ...
-
-
-class _Reply(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Ends request handling with a status and a JSON body."""
-
-    def __init__(self, status: int, body: Mapping[str, Any], **headers: str) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = dict(body)
-        self.headers = headers
-
-
-def _error(status: int, message: str, **headers: str) -> _Reply:
-    return _Reply(status, {"error": message}, **headers)
-
-
-@dataclass
-class _Outcome:
-    status: int
-    body: dict[str, Any]
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# Body validation (pure)
-
-
-def _finite(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _error(422, f"{where} must be a number, got {type(value).__name__}")
-    as_float = float(value)
-    if not math.isfinite(as_float):
-        raise _error(422, f"{where} must be finite, got {value!r}")
-    return as_float
-
-
-def _parse_report(payload: dict[str, Any]) -> tuple[int, float]:
-    if "step" not in payload:
-        raise _error(422, "step is required")
-    if "value" not in payload:
-        raise _error(422, "value is required")
-    step = payload["step"]
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise _error(422, f"step must be an integer, got {type(step).__name__}")
-    if not 0 <= step <= MAX_STEP:
-        raise _error(422, f"step must be in [0, {MAX_STEP}], got {step}")
-    return step, _finite(payload["value"], "value")
-
-
-def _parse_complete(payload: dict[str, Any]) -> list[float]:
-    if "values" not in payload:
-        raise _error(422, "values is required")
-    values = payload["values"]
-    if not isinstance(values, list) or not values:
-        raise _error(422, "values must be a non-empty list of numbers")
-    return [_finite(v, f"values[{i}]") for i, v in enumerate(values)]
-
-
-def _parse_fail(payload: dict[str, Any]) -> str:
-    reason = payload.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        raise _error(422, "reason must be a non-empty string")
-    return reason[:MAX_REASON_CHARS]
-
-
-def _decode_body(raw: bytes, *, empty_ok: bool) -> dict[str, Any]:
-    if not raw.strip() and empty_ok:
-        return {}
-    try:
-        payload = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _error(400, "body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise _error(400, f"malformed JSON: {exc.msg} at {where}") from None
-    except RecursionError:
-        raise _error(400, "malformed JSON: nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise _error(422, f"body must be a JSON object, got {type(payload).__name__}")
-    return payload
-
-
-# ---------------------------------------------------------------------------------------------
-# Ledger operations (blocking; run in the executor)
-
-
-class _TrialHandle:
-    """One request's view of one trial: lookup, attempt check, and the idempotent writes."""
-
-    def __init__(self, study: optuna.Study, number: int, attempt: int) -> None:
-        self.study = study
-        self.number = number
-        storage = study._storage
-        try:
-            self.trial_id: int = storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, number
-            )
-            self.frozen = storage.get_trial(self.trial_id)
-        except KeyError:
-            raise _error(404, f"trial {number} not found") from None
-        current = self.frozen.user_attrs.get(ATTEMPT_ATTR, 0)
-        if current != attempt:
-            # A superseded attempt (e.g. an evicted pod that came back) must not write.
-            raise _error(403, "token belongs to a superseded attempt of this trial")
-
-    def refresh(self) -> None:
-        self.frozen = self.study._storage.get_trial(self.trial_id)
-
-    def require_running(self) -> None:
-        if self.frozen.state != TrialState.RUNNING:
-            raise _error(409, f"trial is already {self.frozen.state.name}")
-
-    def tell(self, state: TrialState, values: list[float] | None = None) -> bool:
-        """Finish the trial; False when a concurrent request finished it first."""
-        try:
-            self.study.tell(self.number, values, state=state)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            self.refresh()
-            if self.frozen.state == TrialState.RUNNING:
-                raise
-            return False
-        self.refresh()
-        return True
-
-
-@contextlib.contextmanager
-def _finished_meanwhile(handle: _TrialHandle) -> Iterator[None]:
-    """The state check and the write are two transactions: a trial finished in between (by
-    its own complete, or the operator failing it) answers 409 like any finished trial."""
-    try:
-        yield
-    except optuna.exceptions.UpdateFinishedTrialError:
-        handle.refresh()
-        handle.require_running()
-        raise
-
-
-def _touch(handle: _TrialHandle, now: float) -> None:
-    """Store the trainer's sign of life, at most every ``HEARTBEAT_WRITE_SECONDS``."""
-    last = handle.frozen.user_attrs.get(HEARTBEAT_ATTR)
-    if (
-        isinstance(last, int | float)
-        and not isinstance(last, bool)
-        and 0.0 <= now - last < HEARTBEAT_WRITE_SECONDS
-    ):
-        return
-    with _finished_meanwhile(handle):
-        handle.study._storage.set_trial_user_attr(handle.trial_id, HEARTBEAT_ATTR, now)
-
-
-def _curve_until(frozen: FrozenTrial, step: int, value: float) -> FrozenTrial:
-    """The trial as the pruner judges it after a report of ``step``: its curve up to that step.
-
-    Steps beyond it can only be left over from an earlier attempt (or be reported out of
-    order); judging them would prune a retried attempt on its predecessor's curve.
-    """
-    view = copy.copy(frozen)
-    curve = {s: v for s, v in frozen.intermediate_values.items() if s < step}
-    curve[step] = value
-    view.intermediate_values = curve
-    return view
-
-
-def _report(handle: _TrialHandle, step: int, value: float, now: float) -> _Outcome:
-    """Store the value of ``step`` (the latest report of a step wins) and ask the pruner.
-
-    A retried attempt, or a suspended Job's new pod, runs the trainer again from its start
-    and reports the same steps with values that may differ (nondeterministic kernels, another
-    data order): its values replace the earlier ones, never a 409 that would fail the trial.
-    """
-    handle.require_running()
-    study = handle.study
-    if handle.frozen.intermediate_values.get(step) != value:
-        with _finished_meanwhile(handle):
-            study._storage.set_trial_intermediate_value(handle.trial_id, step, value)
-    _touch(handle, now)
-    if len(study.directions) > 1:
-        # Optuna has no pruning for multi-objective studies; keep the curve, never prune.
-        return _Outcome(200, {"prune": False})
-    prune = bool(study.pruner.prune(study, _curve_until(handle.frozen, step, value)))
-    events = [("prune_advised", {"step": step})] if prune else []
-    return _Outcome(200, {"prune": prune}, events)
-
-
-def _finish(
-    handle: _TrialHandle,
-    state: TrialState,
-    values: list[float] | None,
-    same: Callable[[FrozenTrial], bool],
-    what: str,
-) -> _Outcome:
-    """Tell ``state`` while RUNNING; a trial already in ``state`` with ``same`` data is a retry."""
-    if handle.frozen.state == TrialState.RUNNING and handle.tell(state, values):
-        final = handle.frozen.state.name
-        return _Outcome(200, {"state": final}, [("trial_finished", {"state": final})])
-    if handle.frozen.state == state:
-        if same(handle.frozen):
-            return _Outcome(200, {"state": state.name})
-        raise _error(409, f"trial is already {state.name} with a different {what}")
-    raise _error(409, f"trial is already {handle.frozen.state.name}")
-
-
-def _complete(handle: _TrialHandle, values: list[float]) -> _Outcome:
-    n_objectives = len(handle.study.directions)
-    if len(values) != n_objectives:
-        raise _error(
-            422, f"values has {len(values)} entries; the study has {n_objectives} objectives"
-        )
-    return _finish(handle, TrialState.COMPLETE, values, lambda t: t.values == values, "values")
-
-
-def _fail(handle: _TrialHandle, reason: str) -> _Outcome:
-    if handle.frozen.state == TrialState.RUNNING:
-        try:
-            handle.study._storage.set_trial_user_attr(handle.trial_id, FAIL_REASON_ATTR, reason)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            handle.refresh()  # finished meanwhile: fall through to the retry comparison
-    return _finish(
-        handle,
-        TrialState.FAIL,
-        None,
-        lambda t: t.user_attrs.get(FAIL_REASON_ATTR) == reason,
-        "reason",
-    )
-
-
-def _prune(handle: _TrialHandle) -> _Outcome:
-    return _finish(handle, TrialState.PRUNED, None, lambda _: True, "result")
-
-
-def _heartbeat(handle: _TrialHandle, now: float) -> _Outcome:
-    handle.require_running()
-    _touch(handle, now)
-    return _Outcome(200, {"ok": True})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +132,7 @@ class _ReportAPI:
 
     async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise _error(413, f"body is larger than {self.max_body_bytes} bytes")
+            raise error(413, f"body is larger than {self.max_body_bytes} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -378,7 +141,7 @@ class _ReportAPI:
                 break
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise _error(413, f"body is larger than {self.max_body_bytes} bytes")
+                raise error(413, f"body is larger than {self.max_body_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -386,10 +149,10 @@ class _ReportAPI:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _error(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
+            raise error(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
         attempt = self.signer.verify(token.strip(), ns, study, number)
         if attempt is None:
-            raise _error(
+            raise error(
                 401,
                 "token is not valid for this trial",
                 **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
@@ -398,22 +161,12 @@ class _ReportAPI:
 
     def _run_blocking(
         self, action: str, path: tuple[str, str, int], attempt: int, args: Any
-    ) -> _Outcome:
+    ) -> Outcome:
         ns, study_name, number = path
         study = self.resolver(ns, study_name)
         if study is None:
-            raise _error(404, f"study {ns}/{study_name} not found")
-        handle = _TrialHandle(study, number, attempt)
-        if action == "report":
-            step, value, now = args
-            return _report(handle, step, value, now)
-        if action == "complete":
-            return _complete(handle, args)
-        if action == "fail":
-            return _fail(handle, args)
-        if action == "prune":
-            return _prune(handle)
-        return _heartbeat(handle, args)
+            raise error(404, f"study {ns}/{study_name} not found")
+        return run_action(study, number, attempt, action, args)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         action = request.match_info["action"]
@@ -423,8 +176,8 @@ class _ReportAPI:
         number = int(raw_number) if _NUMBER_RE.fullmatch(raw_number) else None
         try:
             outcome = await self._dispatch(request, action, ns, study, number)
-        except _Reply as reply:
-            outcome = _Outcome(reply.status, reply.body)
+        except Reply as reply:
+            outcome = Outcome(reply.status, reply.body)
             headers = reply.headers
         else:
             headers = {}
@@ -443,25 +196,25 @@ class _ReportAPI:
 
     async def _dispatch(
         self, request: web.Request, action: str, ns: str, study: str, number: int | None
-    ) -> _Outcome:
+    ) -> Outcome:
         if action not in ACTIONS:
-            raise _error(404, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+            raise error(404, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
         if number is None:
-            raise _error(404, "trial number must be a non-negative integer")
+            raise error(404, "trial number must be a non-negative integer")
         attempt = self._authenticate(request, ns, study, number)
         empty_ok = action in ("prune", "heartbeat")
         if request.content_type != "application/json" and not (
             empty_ok and not request.can_read_body
         ):
-            raise _error(415, f"content type must be application/json, got {request.content_type}")
-        payload = _decode_body(await self._read_body(request), empty_ok=empty_ok)
+            raise error(415, f"content type must be application/json, got {request.content_type}")
+        payload = decode_body(await self._read_body(request), empty_ok=empty_ok)
         args: Any = None
         if action == "report":
-            args = (*_parse_report(payload), float(self.clock()))
+            args = (*parse_report(payload), float(self.clock()))
         elif action == "complete":
-            args = _parse_complete(payload)
+            args = parse_complete(payload)
         elif action == "fail":
-            args = _parse_fail(payload)
+            args = parse_fail(payload)
         elif action == "heartbeat":
             args = float(self.clock())
         loop = asyncio.get_running_loop()
@@ -469,7 +222,7 @@ class _ReportAPI:
             return await loop.run_in_executor(
                 self.executor, self._run_blocking, action, (ns, study, number), attempt, args
             )
-        except _Reply:
+        except Reply:
             raise
         except _STORAGE_ERRORS as exc:
             # Expected and transient (a database outage, a study not opened yet or just
@@ -483,7 +236,7 @@ class _ReportAPI:
                 action,
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300],
             )
-            raise _error(
+            raise error(
                 503, "trial ledger unavailable, retry later", **{"Retry-After": self.retry_after}
             ) from None
         except Exception:
@@ -494,7 +247,7 @@ class _ReportAPI:
                 number,
                 action,
             )
-            raise _error(500, "internal error") from None
+            raise error(500, "internal error") from None
 
 
 @web.middleware

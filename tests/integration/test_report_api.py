@@ -805,14 +805,14 @@ def test_report_racing_a_finish_answers_409_not_500(tmp_path: Path) -> None:
     must answer like any finished trial (409), not with a server error."""
     import optuna
 
-    from kubetune import reporting
+    from kubetune import report_rules
 
     storage = f"sqlite:///{tmp_path / 'race.db'}"
     study = optuna.create_study(storage=storage, study_name="race")
     trial = study.ask()
-    handle = reporting._TrialHandle(study, trial.number, 0)
+    handle = report_rules.TrialHandle(study, trial.number, 0)
     study.tell(trial.number, 0.5)  # finished after the handle's state was read
-    with pytest.raises(reporting._Reply) as err:
-        reporting._report(handle, 0, 0.1, 0.0)
+    with pytest.raises(report_rules.Reply) as err:
+        report_rules.report(handle, 0, 0.1, 0.0)
     assert err.value.status == 409
     assert study.trials[0].intermediate_values == {}

@@ -30,6 +30,7 @@ from kubetune.reconcile import (
     RelaunchAttempt,
     SuspendJob,
     Tell,
+    VerifyJobGone,
 )
 from kubetune.runtime import Runtime, StudyState
 from kubetune.spec import TuningStudySpec
@@ -80,8 +81,10 @@ async def patch_status(rt: Runtime, body: kopf.Body, status: dict[str, Any]) -> 
 
 
 async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: LedgerSnapshot) -> bool:
-    """Apply the actions; returns whether there were any (the loop then looks again at once)."""
+    """Apply the actions; returns whether the loop should look again at once: after any action
+    but a direct read that found its Job (that Job is only late in the watch)."""
     seen_free = time.monotonic()
+    verified: list[bool] = []
     usage = [a for a in decision.actions if isinstance(a, RecordUsage)]
     if usage:
         await rt.db(rt.ledger.record_usage, t.study, usage)
@@ -93,6 +96,8 @@ async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: Ledge
         elif isinstance(a, CreateJob):
             await create_trial_job(rt, t, a.trial, a.attempt, a.params)
             _log("Created missing Job", t, trial=a.trial, attempt=a.attempt)
+        elif isinstance(a, VerifyJobGone):
+            verified.append(await _verify_gone(rt, t, a))
         elif isinstance(a, DeleteJob):
             await asyncio.to_thread(rt.api.delete_job, t.namespace, a.name)
             _log("Deleted Job", t, job=a.name, reason=a.reason)
@@ -102,7 +107,7 @@ async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: Ledge
     for a in decision.actions:
         if isinstance(a, LaunchTrials):
             await _launch(rt, t, a.count, seen_free)
-    return bool(decision.actions)
+    return any(verified) or any(not isinstance(a, VerifyJobGone) for a in decision.actions)
 
 
 def _log(what: str, t: Target, **fields: object) -> None:
@@ -129,6 +134,20 @@ async def _tell(
     )
     rt.metrics.record_progress(t.namespace, t.name, time.time())
     _log("Told trial result", t, trial=a.trial, state=a.state, reason=a.reason)
+
+
+async def _verify_gone(rt: Runtime, t: Target, a: VerifyJobGone) -> bool:
+    """Read the Job directly: gone (404) is remembered for the next pass; found, it is
+    expected again (the watch lags), so the trial is not relaunched. True when gone."""
+    jname = job_name(t.name, a.trial, a.attempt)
+    if not await asyncio.to_thread(rt.api.job_exists, t.namespace, jname):
+        t.state.gone.add((a.trial, a.attempt))
+        _log("Confirmed Job gone", t, job=jname)
+        return True
+    t.state.seen.pop(jname, None)
+    t.state.expected[jname] = (a.trial, a.attempt, time.monotonic())
+    _log("Job exists, the watch lags", t, job=jname)
+    return False
 
 
 async def _relaunch(rt: Runtime, t: Target, a: RelaunchAttempt) -> None:

@@ -26,6 +26,9 @@ DEFAULT_HEALTH_PORT = 8081
 DEFAULT_REPORT_PORT = 8082
 DEFAULT_RESYNC_SECONDS = 10.0
 DEFAULT_IMAGE_PULL_GRACE_SECONDS = 300.0
+#: How long a created Job may stay unseen in the index before a direct read checks on it (a
+#: trial is relaunched only when that read answers 404: a lagging watch is not a deleted Job).
+DEFAULT_EXPECTATION_SECONDS = 60.0
 MIN_TOKEN_KEY_BYTES = 16
 
 
@@ -42,6 +45,7 @@ class OperatorConfig:
     report_port: int = DEFAULT_REPORT_PORT
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     image_pull_grace_seconds: float = DEFAULT_IMAGE_PULL_GRACE_SECONDS
+    expectation_seconds: float = DEFAULT_EXPECTATION_SECONDS
     pool_size: int = 4
     max_overflow: int = 4
 
@@ -96,6 +100,9 @@ class OperatorConfig:
                     "KUBETUNE_IMAGE_PULL_GRACE_SECONDS",
                     float,
                     DEFAULT_IMAGE_PULL_GRACE_SECONDS,
+                ),
+                expectation_seconds=_pick(
+                    None, env, "KUBETUNE_EXPECTATION_SECONDS", float, DEFAULT_EXPECTATION_SECONDS
                 ),
             )
         except ValueError as e:

@@ -65,6 +65,16 @@ class KubeApi:
             raise
         return None
 
+    def job_exists(self, namespace: str, name: str) -> bool:
+        """A direct (quorum) read of the Job: False only on 404; other errors raise."""
+        try:
+            self._batch.read_namespaced_job(name, namespace)
+        except self._exc as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self._batch.delete_namespaced_job(name, namespace, propagation_policy="Background")

@@ -35,7 +35,7 @@ __all__ = [
 #: kopf's index of trial Jobs or Pods: (namespace, study label) -> slim bodies.
 ChildIndex = kopf.Index[tuple[str, str], dict[str, Any]]
 
-#: How long a created Job may stay unseen in the index before it counts as missing.
+#: How long kopf's "seen" mark of a Job is kept (and the default wait for an expected Job).
 EXPECTATION_SECONDS = 60.0
 
 _INDEXED_META = (
@@ -95,6 +95,7 @@ def observe_children(
     uid: str,
     jobs_index: ChildIndex,
     pods_index: ChildIndex,
+    wait: float = EXPECTATION_SECONDS,
 ) -> Observed:
     """The study's Jobs from the index (only those it owns), and the Jobs created but unseen."""
     pods = list(pods_index.get(key, []))
@@ -111,19 +112,22 @@ def observe_children(
         jn = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
         if isinstance(jn, str):
             pods_by_job[jn] = p
-    expected = _expectations(state, {o.name for o in observed}, time.monotonic())
+    expected = _expectations(state, {o.name for o in observed}, time.monotonic(), wait)
     return Observed(observed, expected, pods_by_job)
 
 
-def _expectations(state: StudyState, indexed: set[str], now: float) -> list[ExpectedJob]:
+def _expectations(
+    state: StudyState, indexed: set[str], now: float, wait: float
+) -> list[ExpectedJob]:
     """Jobs we created that the index does not show yet; an entry ends when kopf delivers an
-    event for the Job (the index then knows it, or knows it is gone) or after a minute."""
+    event for the Job (the index then knows it, or knows it is gone) or after ``wait`` seconds
+    (then the decision asks for a direct read before the Job may count as deleted)."""
     for name, when in list(state.seen.items()):
-        if now - when > EXPECTATION_SECONDS:
+        if now - when > max(wait, EXPECTATION_SECONDS):
             state.seen.pop(name, None)
     expected: list[ExpectedJob] = []
     for name, (trial, attempt, created) in list(state.expected.items()):
-        if name in indexed or name in state.seen or now - created > EXPECTATION_SECONDS:
+        if name in indexed or name in state.seen or now - created > wait:
             state.expected.pop(name, None)
         else:
             expected.append(ExpectedJob(name, trial, attempt))

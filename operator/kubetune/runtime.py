@@ -43,6 +43,9 @@ class StudyState:
     known: bool = False
     #: Job name -> (trial, attempt, monotonic time created): created, not yet seen in the index.
     expected: dict[str, tuple[int, int, float]] = dataclasses.field(default_factory=dict)
+    #: (trial, attempt) whose Job a direct read answered 404 for: the next pass passes them to
+    #: the decision as ``gone`` (and drops them), which may then relaunch the trial.
+    gone: set[tuple[int, int]] = dataclasses.field(default_factory=set)
     #: Job name -> monotonic time kopf last delivered an event for that Job.
     seen: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Seconds of the current storage backoff (0 while the storage answers).

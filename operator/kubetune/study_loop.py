@@ -109,6 +109,7 @@ async def reconcile_study(
         uid=uid,
         jobs_index=jobs_index,
         pods_index=pods_index,
+        wait=rt.config.expectation_seconds,
     )
     try:
         study = await rt.db(rt.ledger.open, spec, namespace=namespace, name=name, uid=uid)
@@ -120,6 +121,7 @@ async def reconcile_study(
     jobs = await with_log_tails(
         rt, namespace=namespace, spec=spec, jobs=seen.jobs, snap=snap, pods_by_job=seen.pods_by_job
     )
+    gone, state.gone = state.gone, set()  # a 404 read is used once; a failed pass reads again
     decision = decide(
         spec,
         meta.get("generation"),
@@ -128,6 +130,7 @@ async def reconcile_study(
         now(),
         previous_status=dict(body.get("status") or {}),
         expected=seen.expected,
+        gone=gone,
         image_pull_grace_seconds=rt.config.image_pull_grace_seconds,
         grid_trials=grid_trials(spec),
     )

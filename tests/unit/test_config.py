@@ -28,11 +28,13 @@ def test_environment_settings_are_read() -> None:
         "KUBETUNE_REPORT_PORT": "-1",
         "KUBETUNE_RESYNC_SECONDS": "2.5",
         "KUBETUNE_IMAGE_PULL_GRACE_SECONDS": "30",
+        "KUBETUNE_EXPECTATION_SECONDS": "1.5",
         "KUBETUNE_REPORT_URL": "http://report:8082",
     }
     config = OperatorConfig.from_env(env)
     assert (config.metrics_port, config.report_port) == (0, -1)
     assert (config.resync_seconds, config.image_pull_grace_seconds) == (2.5, 30.0)
+    assert config.expectation_seconds == 1.5
     assert config.report_url == "http://report:8082"
 
 

@@ -111,6 +111,7 @@ def test_reconcile_api_is_what_the_shell_and_ledger_use() -> None:
         "RelaunchAttempt",
         "SuspendJob",
         "Tell",
+        "VerifyJobGone",
         "aggregate_event_name",
         "decide",
         "describe_error",

@@ -27,6 +27,7 @@ from kubetune.reconcile import (
     RelaunchAttempt,
     SuspendJob,
     Tell,
+    VerifyJobGone,
     decide,
     spec_hash,
     storage_error_status,
@@ -83,6 +84,10 @@ class World:
     stored_hash: str | None = None
     generation: int = 1
     max_running_seen: int = 0
+    #: (trial, attempt) whose Job a direct read found absent (the shell's answer to
+    #: VerifyJobGone); ``lagging`` Jobs exist in the API but not in the watch (``jobs``).
+    gone: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    lagging: dict[str, ObservedJob] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stored_hash = self.stored_hash or spec_hash(self.spec)
@@ -103,7 +108,7 @@ class World:
             self.ledger(),
             self.now,
             previous_status=self.status,
-            **kw,
+            **({"gone": frozenset(self.gone)} | kw),
         )
 
     def add_job(self, trial: int, attempt: int) -> None:
@@ -130,6 +135,10 @@ class World:
                     self.trials[a.trial] = dataclasses.replace(
                         t, state=a.state, values=a.values, fail_reason=a.reason
                     )
+            elif isinstance(a, VerifyJobGone):
+                name = job_name("demo", a.trial, a.attempt)
+                if name not in self.jobs and name not in self.lagging:
+                    self.gone.add((a.trial, a.attempt))
             elif isinstance(a, DeleteJob):
                 self.jobs.pop(a.name, None)
             elif isinstance(a, RecordUsage):
@@ -307,10 +316,13 @@ def test_job_deleted_by_hand_is_retried_then_failed() -> None:
     world = World(make_spec(trial={"maxRetries": 1}))
     world.step()
     del world.jobs["demo-1"]
+    # First a direct read of the Job (the watch alone may lag), then the retry.
+    assert world.step().actions == (VerifyJobGone(1, 0),)
     d = world.step()
     assert of_type(d, RelaunchAttempt)[0].trial == 1
     assert of_type(d, RelaunchAttempt)[0].reason == R.JOB_DELETED
     del world.jobs["demo-1-r1"]
+    assert world.step().actions == (VerifyJobGone(1, 1),)
     d = world.step()
     (tell,) = of_type(d, Tell)
     assert (tell.trial, tell.reason) == (1, R.JOB_DELETED)
@@ -649,13 +661,34 @@ def test_expected_job_holds_its_slot_until_the_watch_shows_it() -> None:
     d = world.decide(expected=expected)
     assert d.actions == () and d.occupied == 2
     assert d.status == world.decide(expected=expected).status
-    # Without the expectation the same world reads as a deleted Job (the retry path).
-    assert of_type(world.decide(), RelaunchAttempt) == [
-        RelaunchAttempt(1, 1, {"lr": 0.02}, R.JOB_DELETED)
-    ]
+    # Without the expectation the same world asks for a direct read (the retry path needs a
+    # 404 from it; a Job still being created must never be launched twice).
+    assert world.decide().actions == (VerifyJobGone(1, 0),)
     # Once the watch shows it, the expectation changes nothing.
     world.jobs[unseen.name] = unseen
     assert world.decide(expected=expected) == world.decide()
+
+
+def test_job_missing_only_from_a_lagging_watch_is_never_relaunched() -> None:
+    """The watch fell behind (kopf under load) past any expectation: the Job exists in the
+    API. However many passes run, the trial keeps its one Job and its slot (issue 17)."""
+    world = World(make_spec(budget={"parallelism": 2}, trial={"maxRetries": 3}))
+    world.step()
+    world.lagging["demo-1"] = world.jobs.pop("demo-1")  # created, confirmed; watch lags
+    for _ in range(5):
+        d = world.step()
+        assert d.actions == (VerifyJobGone(1, 0),)  # the read finds it: nothing else
+        assert d.occupied == 2 and d.status["trials"]["retried"] == 0
+    assert world.trials[1].attempt == 0 and sorted(world.jobs) == ["demo-0"]
+    # The watch catches up: nothing to do. Deleted for real later: verified, then retried.
+    world.jobs["demo-1"] = world.lagging.pop("demo-1")
+    assert_settled(world)
+    del world.jobs["demo-1"]
+    assert world.step().actions == (VerifyJobGone(1, 0),)
+    assert of_type(world.step(), RelaunchAttempt) == [
+        RelaunchAttempt(1, 1, {"lr": 0.02}, R.JOB_DELETED)
+    ]
+    assert_settled(world)
 
 
 def test_expected_job_of_a_new_launch_keeps_parallelism() -> None:
@@ -731,6 +764,7 @@ def test_random_worlds_converge_within_budget(
         assert world.max_running_seen <= parallelism
         assert all(t.attempt <= retries for t in world.trials.values())
     assert len(world.trials) <= 8
+    world.step()  # a Job deleted by the last event is read (404) in one pass, retried in the next
     final = assert_settled(world)
     counts = final.status["trials"]
     assert counts["total"] == len(world.trials)

@@ -9,7 +9,15 @@ import pytest
 
 from kubetune import reasons as R  # noqa: N812
 from kubetune.jobs import JobPhase, ObservedJob
-from kubetune.reconcile import CreateJob, DeleteJob, EventSpec, ExpectedJob, RelaunchAttempt, Tell
+from kubetune.reconcile import (
+    CreateJob,
+    DeleteJob,
+    EventSpec,
+    ExpectedJob,
+    RelaunchAttempt,
+    Tell,
+    VerifyJobGone,
+)
 from kubetune.reconcile._observed import (
     current_attempt_jobs,
     is_active,
@@ -112,13 +120,29 @@ def test_missing_job_never_created_is_created() -> None:
     assert v == TrialVerdict((CreateJob(0, 1, PARAMS),))
 
 
-def test_missing_job_that_was_created_is_retried_then_failed() -> None:
-    v = classify_trial(running(), None, RULES, T0)
+def test_missing_job_that_was_created_is_verified_before_anything_else() -> None:
+    """Missing from the watch is not deleted: the watch lags (issue 17), so only a direct
+    read's 404 (``gone``) may relaunch or fail the trial."""
+    assert classify_trial(running(), None, RULES, T0) == TrialVerdict((VerifyJobGone(0, 0),))
+    last = running(attempt=1, job_created=1)
+    assert classify_trial(last, None, RULES, T0) == TrialVerdict((VerifyJobGone(0, 1),))
+    outcomes = classify_trials([running(0), running(1, job_created=-1)], [], RULES, T0)
+    assert outcomes.actions == (VerifyJobGone(0, 0), CreateJob(1, 0, PARAMS))
+    assert outcomes.relaunched == {} and outcomes.tells == {}
+
+
+def test_missing_job_confirmed_gone_is_retried_then_failed() -> None:
+    v = classify_trial(running(), None, RULES, T0, gone=True)
     assert v.actions == (RelaunchAttempt(0, 1, PARAMS, R.JOB_DELETED),)
     assert [e.reason for e in v.events] == [R.TRIAL_RETRIED]
     assert "attempt 1 of 2" in v.events[0].message
-    last = classify_trial(running(attempt=1, job_created=1), None, RULES, T0)
+    last = classify_trial(running(attempt=1, job_created=1), None, RULES, T0, gone=True)
     assert tell_of(last).reason == R.JOB_DELETED and last.events == ()
+    # ``gone`` names one attempt: an older attempt's 404 says nothing about the current one.
+    outcomes = classify_trials([running(attempt=1, job_created=1)], [], RULES, T0, {(0, 0)})
+    assert outcomes.actions == (VerifyJobGone(0, 1),)
+    outcomes = classify_trials([running()], [], RULES, T0, {(0, 0)})
+    assert outcomes.relaunched == {0: 1}
 
 
 def test_live_job_needs_nothing() -> None:

@@ -17,7 +17,9 @@ Rules (each tested in tests/unit/test_reconcile.py):
   (``job_created < attempt``: the operator crashed between ask and create) it is created now;
   if it was created and is gone (deleted by hand, or its TTL ran out while the operator was
   away), the attempt counts as an infrastructure failure: retried with the same parameters
-  while attempts are left, else the trial fails with ``JobDeleted``.
+  while attempts are left, else the trial fails with ``JobDeleted``. "Gone" means a direct
+  read of the Job answered 404 (``gone``, after a ``VerifyJobGone`` action): a Job merely
+  missing from a lagging watch is not relaunched, so no trial runs twice.
 - A failed Job: disruption (eviction, preemption, node loss) → retry while ``attempt <
   maxRetries`` else FAIL ``RetriesExhausted``; exit code ≠ 0 → FAIL ``ExitCode`` (message with
   the exit code and the log tail); ``DeadlineExceeded`` → FAIL.
@@ -67,6 +69,7 @@ from kubetune.reconcile._actions import (
     RelaunchAttempt,
     SuspendJob,
     Tell,
+    VerifyJobGone,
 )
 from kubetune.reconcile._budget import Goal, goal_reached
 from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
@@ -112,6 +115,7 @@ __all__ = [
     "RelaunchAttempt",
     "SuspendJob",
     "Tell",
+    "VerifyJobGone",
     "aggregate_event_name",
     "decide",
     "describe_error",

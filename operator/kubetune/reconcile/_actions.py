@@ -19,6 +19,7 @@ __all__ = [
     "RelaunchAttempt",
     "SuspendJob",
     "Tell",
+    "VerifyJobGone",
 ]
 
 
@@ -46,6 +47,19 @@ class RelaunchAttempt:
     attempt: int
     params: Mapping[str, Any]
     reason: str
+
+
+@dataclass(frozen=True)
+class VerifyJobGone:
+    """Read the Job of the trial's current attempt from the API server (not the watch).
+
+    The watch can lag by minutes under load, so a Job missing from it may still exist: a trial
+    is relaunched (``JobDeleted``) only once a direct read answered 404, which the shell passes
+    back to :func:`decide` as ``gone``. Until then the trial keeps its slot and nothing runs.
+    """
+
+    trial: int
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,16 @@ class RecordUsage:
     gpu_seconds: float
 
 
-Action = LaunchTrials | CreateJob | RelaunchAttempt | Tell | DeleteJob | RecordUsage | SuspendJob
+Action = (
+    LaunchTrials
+    | CreateJob
+    | RelaunchAttempt
+    | VerifyJobGone
+    | Tell
+    | DeleteJob
+    | RecordUsage
+    | SuspendJob
+)
 
 
 @dataclass(frozen=True)

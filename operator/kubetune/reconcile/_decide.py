@@ -73,13 +73,16 @@ def decide(
     *,
     previous_status: Mapping[str, Any] | None = None,
     expected: Collection[ExpectedJob] = (),
+    gone: Collection[tuple[int, int]] = (),
     image_pull_grace_seconds: float = DEFAULT_IMAGE_PULL_GRACE_SECONDS,
     grid_trials: int | None = None,
 ) -> Decision:
     """Compute the actions and the new status for one study (see the package docstring).
 
     ``jobs`` are the study's Jobs as the watch shows them; ``expected`` are Jobs created since
-    that the watch has not shown yet (each counts as a live Job of its trial's attempt).
+    that the watch has not shown yet (each counts as a live Job of its trial's attempt);
+    ``gone`` are the ``(trial, attempt)`` whose Job a direct read answered 404 for, after a
+    :class:`VerifyJobGone`: only those count as deleted (the watch alone can lag).
     ``grid_trials``: for a Grid study, the trials it runs before its points would repeat
     (``kubetune.sampling.grid_trials``: the core knows no Optuna); None for other samplers.
     """
@@ -87,7 +90,7 @@ def decide(
     jobs = with_expectations(jobs, expected)
     rules = TrialRules.from_spec(spec, image_pull_grace_seconds)
     gpus = spec.trial.gpus()
-    outcomes = classify_trials(ledger.trials, jobs, rules, now)
+    outcomes = classify_trials(ledger.trials, jobs, rules, now, gone)
     states = trial_states(ledger.trials, outcomes.tells)
     gpu = gpu_account(ledger.trials, jobs, ledger.usage, states, gpus=gpus, now=now)
     start = parse_time(prev.get("startTime")) or now
@@ -103,7 +106,7 @@ def decide(
     halt = halt_trials(ledger.trials, outcomes.tells, jobs, gpu.usage, stop, gpus=gpus, now=now)
     if halt.trials:  # a stopped trial needs nothing else: no retry, no missing Job created
         outcomes = classify_trials(
-            [t for t in ledger.trials if t.number not in halt.trials], jobs, rules, now
+            [t for t in ledger.trials if t.number not in halt.trials], jobs, rules, now, gone
         )
         jobs = tuple(j for j in jobs if j.trial not in halt.trials)
     tells = {**outcomes.tells, **halt.tells}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,6 +16,7 @@ from kubetune.reconcile._actions import (
     EventSpec,
     RelaunchAttempt,
     Tell,
+    VerifyJobGone,
 )
 from kubetune.reconcile._events import outcome_event
 from kubetune.reconcile._observed import current_attempt_jobs, is_active
@@ -96,10 +97,14 @@ def _retry_or_fail(
     )
 
 
-def _missing_job(t: TrialRecord, rules: TrialRules) -> TrialVerdict:
-    """Never confirmed created: create it now. Created and gone: an infrastructure failure."""
+def _missing_job(t: TrialRecord, rules: TrialRules, *, gone: bool) -> TrialVerdict:
+    """Never confirmed created: create it now. Created and confirmed gone (a direct read
+    answered 404): an infrastructure failure. Created but only missing from the watch, which
+    can lag by minutes: ask for that read first, and run nothing twice meanwhile."""
     if t.job_created < t.attempt:
         return TrialVerdict((CreateJob(t.number, t.attempt, dict(t.params)),))
+    if not gone:
+        return TrialVerdict((VerifyJobGone(t.number, t.attempt),))
     return _retry_or_fail(
         t,
         rules,
@@ -196,9 +201,15 @@ def _failed_job(t: TrialRecord, job: ObservedJob, rules: TrialRules) -> TrialVer
 
 
 def classify_trial(
-    t: TrialRecord, job: ObservedJob | None, rules: TrialRules, now: datetime
+    t: TrialRecord,
+    job: ObservedJob | None,
+    rules: TrialRules,
+    now: datetime,
+    *,
+    gone: bool = False,
 ) -> TrialVerdict:
-    """The verdict for one RUNNING trial, given the Job of its current attempt (if any)."""
+    """The verdict for one RUNNING trial, given the Job of its current attempt (if any);
+    ``gone``: a direct read of that Job answered 404 (see :class:`VerifyJobGone`)."""
     if not t.asked:
         return _fail(
             t,
@@ -206,7 +217,7 @@ def classify_trial(
             "the operator stopped while asking Optuna for this trial's parameters",
         )
     if job is None:
-        return _missing_job(t, rules)
+        return _missing_job(t, rules, gone=gone)
     if is_active(job):
         return _live_job(t, job, rules, now)
     if job.phase == "Succeeded":
@@ -234,12 +245,23 @@ class TrialOutcomes:
 
 
 def classify_trials(
-    trials: Sequence[TrialRecord], jobs: Iterable[ObservedJob], rules: TrialRules, now: datetime
+    trials: Sequence[TrialRecord],
+    jobs: Iterable[ObservedJob],
+    rules: TrialRules,
+    now: datetime,
+    gone: Collection[tuple[int, int]] = (),
 ) -> TrialOutcomes:
-    """Judge every RUNNING trial against the Job of its current attempt."""
+    """Judge every RUNNING trial against the Job of its current attempt; ``gone``: the
+    ``(trial, attempt)`` whose Job a direct read found absent."""
     current = current_attempt_jobs(jobs)
     verdicts = [
-        classify_trial(t, current.get((t.number, t.attempt)), rules, now)
+        classify_trial(
+            t,
+            current.get((t.number, t.attempt)),
+            rules,
+            now,
+            gone=(t.number, t.attempt) in gone,
+        )
         for t in trials
         if t.state == "RUNNING"
     ]

@@ -61,6 +61,9 @@ UNEXERCISED_GRANTS: dict[Permission, str] = {
     "these studies have fewer trials)",
     ("", "events", "get"): "a restarted operator reads the count of the aggregate Event it "
     "left (tests/integration/test_operator_events.py runs it; this workload does not restart)",
+    ("batch", "jobs", "get"): "a direct read of a Job the watch has not shown for "
+    "KUBETUNE_EXPECTATION_SECONDS, before it may count as deleted "
+    "(tests/reliability/test_watch_lag.py runs it; a healthy watch never needs it)",
 }
 
 

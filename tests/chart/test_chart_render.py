@@ -303,7 +303,7 @@ def test_rbac_is_least_privilege(render: Render, values: Path | None) -> None:
     expected = {
         *(("kubetune.io", "tuningstudies", v) for v in ("list", "watch", "patch")),
         ("kubetune.io", "tuningstudies/status", "patch"),
-        *(("batch", "jobs", v) for v in ("create", "list", "watch", "delete", "patch")),
+        *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete", "patch")),
         *(("", "pods", v) for v in ("list", "watch")),
         ("", "pods/log", "get"),
         *(("", "events", v) for v in ("create", "patch", "get")),

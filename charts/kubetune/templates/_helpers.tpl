@@ -160,7 +160,7 @@ tests/chart/rbac.py reads them back.
   verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "list", "watch", "delete", "patch"]
+  verbs: ["create", "get", "list", "watch", "delete", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]

@@ -153,6 +153,18 @@ def test_pruning_savings_smoke(tmp_path: Path) -> None:
     assert result["summary"]["None"]["seconds_saved_mean"] == 0
 
 
+def test_ledger_snapshot_smoke(fresh_database: str, tmp_path: Path) -> None:
+    from benchmarks import ledger_snapshot
+
+    ledger_snapshot.main(["--smoke", "--out", str(tmp_path)], url=fresh_database)
+    result = _written(tmp_path, "ledger_snapshot")
+    (point,) = result["points"]
+    assert point["finished"] == 200 and point["running"] == 50
+    for pass_kind in ("idle", "busy"):
+        for read in ("full", "incremental"):
+            assert point[f"{pass_kind}_{read}_p50_ms"] > 0
+
+
 def test_run_all_writes_the_summary(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

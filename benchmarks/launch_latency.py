@@ -50,6 +50,8 @@ def run(
     profile: Path | None = None,
     cluster: Any = None,
     trace: Path | None = None,
+    *,
+    only_parallelism: int | None = None,
 ) -> dict[str, Any]:
     """Run at ``size``; ``pg`` is a running ``PostgresServer`` to reuse (else one is started),
     ``cluster`` the tests' running cluster (else a control plane of its own is started).
@@ -61,7 +63,7 @@ def run(
     """
     from benchmarks import _cluster
 
-    runs = SIZES[size]
+    runs = [r for r in SIZES[size] if only_parallelism in (None, r[1])]
     rows: list[dict[str, Any]] = []
     with _cluster.real_cluster(pg=pg, cluster=cluster) as bench:
         info = conditions(
@@ -246,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="time each call of the operator's reconcile passes (wall-clock, not CPU)",
     )
+    p.add_argument(
+        "--parallelism", type=int, default=None, help="only the runs at this parallelism"
+    )
     args = p.parse_args(argv)
     profile = args.out if args.profile else None
     if profile is not None:
@@ -255,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.out.mkdir(parents=True, exist_ok=True)
         trace = args.out / f"{NAME}-operator-trace.jsonl"
         trace.unlink(missing_ok=True)
-    result = run(size_name(args), profile=profile, trace=trace)
+    result = run(size_name(args), profile=profile, trace=trace, only_parallelism=args.parallelism)
     path = write_result(args.out, NAME, result)
     print(f"\nResult written to {path}")
     return result

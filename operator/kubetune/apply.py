@@ -159,16 +159,31 @@ async def _relaunch(rt: Runtime, t: Target, a: RelaunchAttempt) -> None:
 
 
 async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
-    for _ in range(count):
-        asked = time.monotonic()
-        number, params = await rt.db(rt.ledger.ask, t.study, t.spec)
-        rt.metrics.observe_ask(time.monotonic() - asked)
+    """Ask one trial after another (asks are CPU under the GIL, and a sampler is not meant
+    for concurrent asks), and create each trial's Job while the next is asked: the k-th free
+    slot waits for k asks and one create, not for k asks, creates and marks in a row."""
+
+    async def create(number: int, params: dict[str, Any]) -> None:
         await create_trial_job(rt, t, number, 0, params)
         rt.metrics.job_launched(time.monotonic() - seen_free)
         launched = EventSpec("Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
         rt.announce(t.namespace, t.name, launched)
         rt.metrics.record_progress(t.namespace, t.name, time.time())
         _log("Launched trial", t, trial=number)
+
+    creates: list[asyncio.Task[None]] = []
+    try:
+        for _ in range(count):
+            asked = time.monotonic()
+            number, params = await rt.db(rt.ledger.ask, t.study, t.spec)
+            rt.metrics.observe_ask(time.monotonic() - asked)
+            creates.append(asyncio.create_task(create(number, params)))
+    finally:
+        # Every asked trial's create runs to its end, even when a later ask failed.
+        results = await asyncio.gather(*creates, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def create_trial_job(

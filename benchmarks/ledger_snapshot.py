@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None, url: str | None = None) -> dict[str,
         "conditions": info,
         "size": size_name(args),
         "points": rows,
-        "summary": {f"{k}_{r['finished']}": v for r in rows for k, v in r.items()},
+        "summary": {f"{r['finished']} finished": r for r in rows},
     }
     write_result(args.out, NAME, result)
     return result

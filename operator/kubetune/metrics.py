@@ -227,6 +227,9 @@ class OperatorMetrics:
             "1 when the last call to the Optuna storage succeeded, 0 when it failed.",
             registry=registry,
         )
+        self._build_info(registry, version)
+
+    def _build_info(self, registry: CollectorRegistry, version: str | None) -> None:
         self.build_info = Gauge(
             "kubetune_build_info",
             "Always 1; labels carry the running versions.",

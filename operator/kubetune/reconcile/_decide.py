@@ -6,12 +6,14 @@ import hashlib
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kubetune.jobs import ObservedJob, parse_time
-from kubetune.reconcile._actions import Decision, LaunchTrials
+from kubetune.reconcile._actions import Action, Decision, EventSpec, LaunchTrials, Tell
 from kubetune.reconcile._budget import (
+    Stop,
     goal_reached,
     launches,
     seconds_to_deadline,
@@ -19,9 +21,11 @@ from kubetune.reconcile._budget import (
     tally_trials,
     trial_cap,
 )
-from kubetune.reconcile._gpu import gpu_account
+from kubetune.reconcile._gpu import GpuAccount, gpu_account
 from kubetune.reconcile._observed import ExpectedJob, with_expectations
 from kubetune.reconcile._study import (
+    Halt,
+    StudyVerdict,
     completion_time,
     halt_trials,
     job_suspensions,
@@ -31,13 +35,14 @@ from kubetune.reconcile._study import (
     study_state,
 )
 from kubetune.reconcile._trials import (
+    TrialOutcomes,
     TrialRules,
     classify_trials,
     stale_job_deletions,
     trial_events,
     trial_states,
 )
-from kubetune.status import LedgerSnapshot, build_status
+from kubetune.status import ConditionSpec, LedgerSnapshot, TrialStateName, build_status
 
 if TYPE_CHECKING:
     from kubetune.spec import TuningStudySpec
@@ -87,13 +92,81 @@ def decide(
     (``kubetune.sampling.grid_trials``: the core knows no Optuna); None for other samplers.
     """
     prev = dict(previous_status or {})
-    jobs = with_expectations(jobs, expected)
+    start = parse_time(prev.get("startTime")) or now
     rules = TrialRules.from_spec(spec, image_pull_grace_seconds)
+    j = _judge_trials(
+        spec,
+        with_expectations(jobs, expected),
+        ledger,
+        rules,
+        now,
+        start=start,
+        gone=gone,
+        grid_trials=grid_trials,
+    )
+    launch, running, verdict, conditions = _plan_study(spec, j, ledger, grid_trials)
+    status = build_status(
+        previous=prev,
+        generation=generation,
+        now=now,
+        ledger=projected_ledger(ledger, j.tells, j.outcomes.relaunched),
+        directions=[o.direction for o in spec.objectives],
+        max_trials=trial_cap(spec.budget, grid_trials),
+        state=verdict.state,
+        message=verdict.message,
+        conditions=conditions,
+        gpu_used=j.gpu.used,
+        gpu_saved=j.gpu.saved,
+        start_time=start,
+        completion_time=completion_time(verdict.state, prev, now),
+    )
+    actions = _trial_actions(spec, j, ledger)
+    deadline = seconds_to_deadline(spec.budget, start, now) if j.stop is None else None
+    return Decision(
+        actions=(*actions, LaunchTrials(launch)) if launch else actions,
+        status=status,
+        events=(*j.events, *study_events(prev.get("state"), verdict)),
+        requeue_after=earliest(*j.outcomes.requeue_after, deadline),
+        state=verdict.state,
+        occupied=running,
+    )
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """Every trial judged: outcomes, GPU account, why the study stops, trials it halts."""
+
+    outcomes: TrialOutcomes
+    halt: Halt
+    gpu: GpuAccount
+    stop: Stop | None
+    #: The live Jobs, less those of halted trials.
+    jobs: tuple[ObservedJob, ...]
+    tells: dict[int, Tell]
+    states: dict[int, TrialStateName]
+
+    @property
+    def events(self) -> tuple[EventSpec, ...]:
+        o = self.outcomes
+        return (*o.events, *trial_events(o.tells.values()), *self.halt.events)
+
+
+def _judge_trials(
+    spec: TuningStudySpec,
+    jobs: Sequence[ObservedJob],
+    ledger: LedgerSnapshot,
+    rules: TrialRules,
+    now: datetime,
+    *,
+    start: datetime,
+    gone: Collection[tuple[int, int]],
+    grid_trials: int | None,
+) -> _Judged:
+    """Classify the trials, account GPU time, find the stop reason, halt what it stops."""
     gpus = spec.trial.gpus()
     outcomes = classify_trials(ledger.trials, jobs, rules, now, gone)
     states = trial_states(ledger.trials, outcomes.tells)
     gpu = gpu_account(ledger.trials, jobs, ledger.usage, states, gpus=gpus, now=now)
-    start = parse_time(prev.get("startTime")) or now
     stop = stop_reason(
         spec.budget,
         tally_trials(states, jobs),
@@ -105,54 +178,40 @@ def decide(
     )
     halt = halt_trials(ledger.trials, outcomes.tells, jobs, gpu.usage, stop, gpus=gpus, now=now)
     if halt.trials:  # a stopped trial needs nothing else: no retry, no missing Job created
-        outcomes = classify_trials(
-            [t for t in ledger.trials if t.number not in halt.trials], jobs, rules, now, gone
-        )
+        kept = [t for t in ledger.trials if t.number not in halt.trials]
+        outcomes = classify_trials(kept, jobs, rules, now, gone)
         jobs = tuple(j for j in jobs if j.trial not in halt.trials)
     tells = {**outcomes.tells, **halt.tells}
     states = trial_states(ledger.trials, tells)
-    tally = tally_trials(states, jobs)
+    return _Judged(outcomes, halt, gpu, stop, tuple(jobs), tells, states)
+
+
+def _plan_study(
+    spec: TuningStudySpec, j: _Judged, ledger: LedgerSnapshot, grid_trials: int | None
+) -> tuple[int, int, StudyVerdict, list[ConditionSpec]]:
+    """(trials to launch, slots then in use, the study's state, its conditions)."""
+    tally = tally_trials(j.states, j.jobs)
     invalid = spec_changed(spec, ledger)
-    blocked = invalid or stop is not None or spec.suspend
+    blocked = invalid or j.stop is not None or spec.suspend
     launch = launches(spec.budget, tally, blocked=blocked, grid_trials=grid_trials)
     running = len(tally.occupied) + launch
-    verdict = study_state(tally, stop, running=running, invalid=invalid, suspended=spec.suspend)
+    verdict = study_state(tally, j.stop, running=running, invalid=invalid, suspended=spec.suspend)
     conditions = study_conditions(
-        verdict, invalid=invalid, suspended=spec.suspend, running=running, stuck=outcomes.stuck
+        verdict, invalid=invalid, suspended=spec.suspend, running=running, stuck=j.outcomes.stuck
     )
-    settled = tuple(r for r in gpu.settled if r.trial not in halt.usage)
+    return launch, running, verdict, list(conditions)
+
+
+def _trial_actions(spec: TuningStudySpec, j: _Judged, ledger: LedgerSnapshot) -> tuple[Action, ...]:
+    """What to do about the trials and their Jobs (launches come after, from the budget)."""
+    settled = tuple(r for r in j.gpu.settled if r.trial not in j.halt.usage)
     suspensions = job_suspensions(
-        jobs, states, suspend=spec.suspend, queued=spec.trial.queue_name is not None
+        j.jobs, j.states, suspend=spec.suspend, queued=spec.trial.queue_name is not None
     )
-    actions = (
-        *outcomes.actions,
-        *halt.actions,
-        *stale_job_deletions(jobs, ledger.trials),
+    return (
+        *j.outcomes.actions,
+        *j.halt.actions,
+        *stale_job_deletions(j.jobs, ledger.trials),
         *settled,
         *suspensions,
-    )
-    events = (*outcomes.events, *trial_events(outcomes.tells.values()), *halt.events)
-    deadline = seconds_to_deadline(spec.budget, start, now) if stop is None else None
-    status = build_status(
-        previous=prev,
-        generation=generation,
-        now=now,
-        ledger=projected_ledger(ledger, tells, outcomes.relaunched),
-        directions=[o.direction for o in spec.objectives],
-        max_trials=trial_cap(spec.budget, grid_trials),
-        state=verdict.state,
-        message=verdict.message,
-        conditions=conditions,
-        gpu_used=gpu.used,
-        gpu_saved=gpu.saved,
-        start_time=start,
-        completion_time=completion_time(verdict.state, prev, now),
-    )
-    return Decision(
-        actions=(*actions, LaunchTrials(launch)) if launch else actions,
-        status=status,
-        events=(*events, *study_events(prev.get("state"), verdict)),
-        requeue_after=earliest(*outcomes.requeue_after, deadline),
-        state=verdict.state,
-        occupied=running,
     )

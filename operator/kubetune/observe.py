@@ -2,7 +2,7 @@
 created but not yet seen, and the log tails of failed trainers.
 
 The indexes hold slim copies (:func:`slim`) of every trial Job and Pod; this module turns them
-into the core's :class:`~kubetune.jobs.ObservedJob` values and the controller-runtime style
+into the core's :class:`~kubetune.observed_job.ObservedJob` values and the controller-runtime style
 expectations (:class:`~kubetune.reconcile.ExpectedJob`) the pure decision takes as input.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from kubetune.jobs import ObservedJob, observe_job
+from kubetune.observed_job import ObservedJob, observe_job
 from kubetune.reconcile import ExpectedJob
 from kubetune.runtime import Runtime, StudyState
 from kubetune.spec import TuningStudy, TuningStudySpec, parse_manifest

@@ -17,10 +17,9 @@ from kubetune.jobs import (
     LABEL_TRIAL,
     MAX_NAME,
     job_name,
-    observe_job,
-    parse_termination_message,
     render_job,
 )
+from kubetune.observed_job import observe_job, parse_termination_message
 from kubetune.spec import TuningStudySpec, parse_manifest
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

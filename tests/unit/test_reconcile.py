@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubetune import reasons as R  # noqa: N812
-from kubetune.jobs import JobPhase, ObservedJob, job_name
+from kubetune.jobs import job_name
+from kubetune.observed_job import JobPhase, ObservedJob
 from kubetune.reconcile import (
     CreateJob,
     Decision,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubetune import reasons as R  # noqa: N812
-from kubetune.jobs import JobPhase, ObservedJob
+from kubetune.observed_job import JobPhase, ObservedJob
 from kubetune.reconcile import RecordUsage, Tell
 from kubetune.reconcile._budget import (
     Goal,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from kubetune import reasons as R  # noqa: N812
-from kubetune.jobs import ObservedJob
+from kubetune.observed_job import ObservedJob
 from kubetune.reconcile import EventSpec, Tell
 from kubetune.reconcile._budget import Stop, TrialTally
 from kubetune.reconcile._decide import earliest

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
-from kubetune.jobs import ObservedJob
+from kubetune.observed_job import ObservedJob
 from kubetune.reconcile._actions import Tell
 from kubetune.reconcile._observed import is_active
 from kubetune.status import TrialRecord, TrialStateName

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from kubetune.jobs import ObservedJob, parse_time
+from kubetune.observed_job import ObservedJob, parse_time
 from kubetune.reconcile._actions import Action, Decision, EventSpec, LaunchTrials, Tell
 from kubetune.reconcile._budget import (
     Stop,

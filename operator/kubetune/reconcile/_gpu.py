@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kubetune.jobs import ObservedJob
+from kubetune.observed_job import ObservedJob
 from kubetune.reconcile._actions import RecordUsage
 from kubetune.reconcile._observed import is_active, job_seconds
 from kubetune.status import TrialRecord, TrialStateName, TrialUsage, gpu_seconds_saved

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from kubetune.jobs import ObservedJob
+from kubetune.observed_job import ObservedJob
 
 __all__ = ["ExpectedJob", "current_attempt_jobs", "is_active", "job_seconds", "with_expectations"]
 

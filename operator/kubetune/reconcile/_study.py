@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
-from kubetune.jobs import JobPhase, ObservedJob, parse_time
+from kubetune.observed_job import JobPhase, ObservedJob, parse_time
 from kubetune.reconcile._actions import (
     Action,
     DeleteJob,

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
-from kubetune.jobs import ObservedJob, parse_termination_message
+from kubetune.observed_job import ObservedJob, parse_termination_message
 from kubetune.reconcile._actions import (
     Action,
     CreateJob,

@@ -249,23 +249,43 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
+class _StopRequest:
+    """Set by SIGINT/SIGTERM; the loop reads it between steps.
+
+    The handler only records the signal: raising ``KeyboardInterrupt`` from it could land
+    inside a storage call (a SQLite read half-done leaves the database locked for the clean-up
+    that follows). A plain attribute, not a ``threading.Event``: ``Event.set`` takes a lock
+    that the interrupted main thread might hold.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C, so trials are cleaned up either way (main thread only)."""
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    """SIGINT and SIGTERM ask the loop to stop (main thread only); the old handlers return.
 
-        def handler(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
+    A signal ignored when we start (``nohup``, a background job) stays ignored.
+    """
+    stop = _StopRequest()
+    previous: dict[signal.Signals, Any] = {}
     try:
-        yield
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            if old != signal.SIG_IGN:
+                signal.signal(sig, stop)
+                previous[sig] = old
+    except ValueError:  # not the main thread: nothing was installed
+        pass
+    try:
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class _Runner:
@@ -615,6 +635,65 @@ def _print_summary(console: Console, ts: TuningStudy, result: LocalResult) -> No
         console.print("Interrupted. Run the same command again to resume.")
 
 
+def _progress_fields(study: optuna.Study, counts: Counts) -> dict[str, Any]:
+    return {
+        "completed": counts.total - counts.running,
+        "complete": counts.complete,
+        "pruned": counts.pruned,
+        "failed": counts.failed,
+        "best": _best_text(study),
+    }
+
+
+def _loop(
+    runner: _Runner, progress: Progress, stop: _StopRequest, *, exhausts: bool, wanted: int
+) -> str:
+    """Launch, watch and stop on the budget's rules until done; returns why it ended.
+
+    Returns "" at once when ``stop`` is set: checked only between steps, so a signal never
+    cuts a storage call short.
+    """
+    study, ts, budget = runner.study, runner.ts, runner.budget
+    counts = _count(study)
+    task = progress.add_task(
+        ts.metadata.name, total=budget.max_trials, **_progress_fields(study, counts)
+    )
+    changed = True
+    goal: str | None = None
+    while stop.signal is None:
+        if changed:
+            goal = _goal(study, ts)
+            counts = _count(study)
+            progress.update(task, **_progress_fields(study, counts))
+        if goal is not None:
+            if runner.running:
+                runner.stop_all(f"{reasons.STUDY_STOPPED}: the study stopped ({goal})")
+            return goal
+        decision = plan_launches(
+            counts, budget, ours_running=len(runner.running), elapsed_seconds=runner.elapsed()
+        )
+        if decision.reason and runner.running and _halts(decision.reason):
+            # As in the operator: failures and the deadline end the running trials too.
+            runner.stop_all(f"{reasons.STUDY_STOPPED}: the study stopped ({decision.reason})")
+            changed = True
+            continue
+        if decision.done:
+            if exhausts and decision.reason.startswith(reasons.MAX_TRIALS_REACHED):
+                return (
+                    f"{reasons.SEARCH_SPACE_EXHAUSTED}: every point of the grid was "
+                    f"tried ({budget.max_trials} trials; maxTrials={wanted})"
+                )
+            return decision.reason
+        for _ in range(decision.launch):
+            if stop.signal is not None:
+                break
+            runner.launch()
+        changed = decision.launch > 0
+        time.sleep(runner.poll_interval)  # a handled signal does not cut it short (PEP 475)
+        changed = runner.watch() or changed
+    return ""
+
+
 def run_local(
     manifest_path: str | Path,
     *,
@@ -682,72 +761,15 @@ def run_local(
         if log_dir is None:
             shutil.rmtree(logs, ignore_errors=True)
         raise
-    exit_code, reason = 0, ""
     progress = _progress(console)
     try:
-        with _sigterm_as_interrupt(), progress:
+        with _stop_on_signals() as stop, progress:
             runner.prepare()
-            counts = _count(study)
-            task = progress.add_task(
-                name,
-                total=budget.max_trials,
-                completed=counts.total - counts.running,
-                complete=counts.complete,
-                pruned=counts.pruned,
-                failed=counts.failed,
-                running=0,
-                best=_best_text(study),
-            )
-            changed = True
-            goal: str | None = None
-            while True:
-                if changed:
-                    goal = _goal(study, ts)
-                    counts = _count(study)
-                    progress.update(
-                        task,
-                        completed=counts.total - counts.running,
-                        complete=counts.complete,
-                        pruned=counts.pruned,
-                        failed=counts.failed,
-                        running=len(runner.running),
-                        best=_best_text(study),
-                    )
-                if goal is not None:
-                    if runner.running:
-                        runner.stop_all(f"{reasons.STUDY_STOPPED}: the study stopped ({goal})")
-                    reason = goal
-                    break
-                decision = plan_launches(
-                    counts,
-                    budget,
-                    ours_running=len(runner.running),
-                    elapsed_seconds=runner.elapsed(),
-                )
-                if decision.reason and runner.running and _halts(decision.reason):
-                    # As in the operator: failures and the deadline end the running trials too.
-                    runner.stop_all(
-                        f"{reasons.STUDY_STOPPED}: the study stopped ({decision.reason})"
-                    )
-                    changed = True
-                    continue
-                if decision.done:
-                    reason = decision.reason
-                    if exhausts and reason.startswith(reasons.MAX_TRIALS_REACHED):
-                        reason = (
-                            f"{reasons.SEARCH_SPACE_EXHAUSTED}: every point of the grid was "
-                            f"tried ({budget.max_trials} trials; maxTrials={wanted})"
-                        )
-                    break
-                for _ in range(decision.launch):
-                    runner.launch()
-                changed = decision.launch > 0
-                time.sleep(poll_interval)
-                changed = runner.watch() or changed
-    except KeyboardInterrupt:
-        exit_code, reason = 130, f"{INTERRUPTED}: stopped by the user"
-        with contextlib.suppress(KeyboardInterrupt):
-            runner.stop_all(f"{INTERRUPTED}: the local run was interrupted (Ctrl-C)")
+            reason = _loop(runner, progress, stop, exhausts=exhausts, wanted=wanted)
+            exit_code = 0
+            if stop.signal is not None:
+                exit_code, reason = 130, f"{INTERRUPTED}: stopped by the user ({stop.signal})"
+                runner.stop_all(f"{INTERRUPTED}: the local run was interrupted ({stop.signal})")
     except _STORAGE_ERRORS as exc:
         with contextlib.suppress(Exception):
             runner.stop_all(f"{reasons.STORAGE_ERROR}: the local run lost its storage")

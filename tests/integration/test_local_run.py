@@ -424,6 +424,8 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     try:
         # Both trials are running, and stay so until released: Ctrl-C surely finds them.
         pids = holds.wait_holding(["0", "1"], proc=proc)
+        running = optuna.load_study(study_name="cc", storage=storage).get_trials()
+        assert [t.state for t in running] == [TrialState.RUNNING] * 2  # asked before launched
         proc.send_signal(signal.SIGINT)
         code, output = finish(proc, "kubetune run after Ctrl-C")
     finally:
@@ -435,7 +437,11 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     study = optuna.load_study(study_name="cc", storage=storage)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL], output
-    assert all(t.user_attrs["kubetune:fail_reason"].startswith(INTERRUPTED) for t in trials)
+    assert all(
+        t.user_attrs["kubetune:fail_reason"]
+        == f"{INTERRUPTED}: the local run was interrupted (SIGINT)"
+        for t in trials
+    ), output
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -446,3 +452,58 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     assert code == 0, output
     states = [t.state for t in optuna.load_study(study_name="cc", storage=storage).get_trials()]
     assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+
+
+class SignalWhenHolding:
+    """``time.monotonic`` that sends ``sig`` to this process once a stub holds, then returns.
+
+    The runner calls its clock between other work, so the signal arrives while the runner's
+    own code runs, as a Ctrl-C does while it reads the storage. ``returned`` says the code that
+    was running when the signal came went on to its end (a handler that raised
+    ``KeyboardInterrupt`` would cut it short, leaving a storage call half-done).
+    """
+
+    def __init__(self, holds: Holds, sig: signal.Signals) -> None:
+        self.holds = holds
+        self.sig = sig
+        self.sent = False
+        self.returned = False
+
+    def __call__(self) -> float:
+        if not self.sent and self.holds.holding():
+            self.sent = True
+            os.kill(os.getpid(), self.sig)
+            self.returned = True
+        return time.monotonic()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_stops_the_run_between_steps_and_the_handlers_come_back(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    path = manifest(
+        tmp_path, "sig", modes=["hold"], enqueue=[], budget={"maxTrials": 2, "parallelism": 1}
+    )
+    storage = f"sqlite:///{tmp_path}/sig.db"
+    holds = Holds(tmp_path / "stub-dir")
+    clock = SignalWhenHolding(holds, sig)
+    before = signal.getsignal(sig)
+    if before == signal.SIG_IGN:  # a background job ignores SIGINT; the runner respects that
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        result = run_local(path, storage=storage, console=quiet(), clock=clock)
+        assert signal.getsignal(sig) == (
+            signal.default_int_handler if before == signal.SIG_IGN else before
+        )
+    finally:
+        signal.signal(sig, before)
+    assert clock.sent and clock.returned
+    assert result.exit_code == 130
+    assert result.reason == f"{INTERRUPTED}: stopped by the user ({sig.name})"
+    trials = optuna.load_study(study_name="sig", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL]  # no second trial was launched
+    assert trials[0].user_attrs["kubetune:fail_reason"] == (
+        f"{INTERRUPTED}: the local run was interrupted ({sig.name})"
+    )
+    with pytest.raises(ProcessLookupError):
+        os.kill(holds.holding()["0"], 0)

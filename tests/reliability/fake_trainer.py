@@ -5,8 +5,9 @@ lost would show up as a count mismatch, not as noise. Options (argv): ``--steps 
 ``--sleep S`` (seconds per step), ``--exit CODE`` (a user error after the steps),
 ``--hold DIR --hold-trials 1,3 --hold-at K``: the listed trials, after reporting step K, touch
 ``DIR/reached-<trial>`` and wait until ``DIR/release`` exists (so a test can be sure a trial is
-mid-flight when it starts a fault, and choose when it goes on); ``--heartbeat-trials 1,3
---heartbeat-every S``: those trials send a heartbeat every S seconds while they wait (a long,
+mid-flight when it starts a fault, and choose when it goes on; after its last step such a
+trial touches ``DIR/completing-<trial>`` just before it sends its result);
+``--heartbeat-trials 1,3 --heartbeat-every S``: those trials send a heartbeat every S seconds while they wait (a long,
 healthy step), the others wait in silence (a hung trainer). ``--attempt-drift D`` adds
 ``D * attempt`` to every intermediate value, so a retried attempt reports a different curve
 (as nondeterministic GPU kernels or another data order would); the final value is unchanged.
@@ -67,6 +68,9 @@ def main(argv: list[str]) -> int:
     if args.exit:
         print(f"fake trainer failing on purpose with exit code {args.exit}", file=sys.stderr)
         return int(args.exit)
+    if holding:
+        with open(os.path.join(args.hold, f"completing-{number}"), "w"):
+            pass
     if reporter:
         trial.complete(final)
     else:

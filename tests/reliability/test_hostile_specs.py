@@ -132,7 +132,7 @@ def _apply_and_check(world: World, manifests: list[dict[str, Any]]) -> dict[str,
     for manifest in accepted:
         name = manifest["metadata"]["name"]
         expected = _oracle(world.study(name))
-        status = world.wait(_has_status(world, name), 60, f"{name} never got a status")
+        status = world.wait(_has_status(world, name), f"{name} never got a status")
         if expected is None:
             assert status["state"] != "Invalid", (name, status.get("message"), manifest["spec"])
             tally["valid"] += 1
@@ -145,13 +145,13 @@ def _apply_and_check(world: World, manifests: list[dict[str, Any]]) -> dict[str,
         # The field paths and what is wrong with them, as the spec model words it.
         assert status["message"] == expected
         assert expected.strip()
-        world.wait(_invalid_events(world, name), 30, f"no InvalidSpec Event for {name}")
+        world.wait(_invalid_events(world, name), f"no InvalidSpec Event for {name}")
         assert not world.jobs(name), f"an invalid study {name} created Jobs"
     for manifest in accepted:
         world.api.delete(PLURAL, manifest["metadata"]["name"], NS)
     for manifest in accepted:
         name = manifest["metadata"]["name"]
-        world.wait(_gone(world, name), 60, f"{name} stuck")
+        world.wait(_gone(world, name), f"{name} stuck")
     return tally
 
 
@@ -205,7 +205,7 @@ def hostile_world(request: pytest.FixtureRequest, operator_world: World) -> Iter
         bystander = study_manifest("bystander", max_trials=4, parallelism=2, steps=2)
         operator_world.apply(bystander)
         yield operator_world
-        operator_world.wait_finished("bystander", timeout=120)
+        operator_world.wait_finished("bystander")
         assert_exact_accounting(operator_world, "bystander", max_trials=4)
         _operator_healthy(operator_world)
 
@@ -298,7 +298,7 @@ def test_non_object_spec_is_invalid_not_a_crash(operator_world: World) -> None:
             world.apply(manifest)
         for manifest in manifests:
             name = manifest["metadata"]["name"]
-            status = world.wait(_has_status(world, name), 10, f"{name} never got a status")
+            status = world.wait(_has_status(world, name), f"{name} never got a status")
             assert status["state"] == "Invalid"
             assert status["message"].startswith("spec")
         _operator_healthy(world)
@@ -326,7 +326,7 @@ def test_long_names_run_to_completion(operator_world: World) -> None:
         world.apply(study_manifest(dotted, max_trials=2, parallelism=2, steps=1))
     assert refused.value.code == 422 and "metadata.name" in refused.value.message
     for name in names:
-        world.wait_finished(name, timeout=120)
+        world.wait_finished(name)
         assert world.status(name)["trials"]["completed"] == 2, name
         assert [t.state.name for t in world.trials(name)] == ["COMPLETE", "COMPLETE"]
     jobs = world.api.list("jobs", NS)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +27,16 @@ from reliability.world import NS, World, study_manifest
 
 def _running_pod(world: World, job: str) -> str:
     return str(
-        world.wait(
-            lambda: world.cluster.kubelet.active_pod(job, NS), 60, f"no running pod for {job}"
-        )
+        world.wait(lambda: world.cluster.kubelet.active_pod(job, NS), f"no running pod for {job}")
     )
+
+
+def _gate(tmp_path: Path) -> Path:
+    """Where held trials wait: each attempt of trial 0 holds after its first step until the
+    test releases it, so a disruption surely finds it running, however slow the machine."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    return gate
 
 
 def _fail_info(world: World, name: str, number: int) -> tuple[str, str, str]:
@@ -54,13 +61,22 @@ DISRUPTIONS: dict[str, Callable[[Kubelet, str], None]] = {
 
 @pytest.mark.parametrize("verb", list(DISRUPTIONS))
 def test_disrupted_trial_is_retried_with_the_same_parameters(
-    operator_world: World, verb: str
+    operator_world: World, verb: str, tmp_path: Path
 ) -> None:
     world = operator_world
     name = f"dis-{verb.replace('_', '')}"
-    world.apply(study_manifest(name, max_trials=2, parallelism=2, steps=12, sleep=0.25))
+    gate = _gate(tmp_path)
+    world.apply(study_manifest(name, max_trials=2, parallelism=2, steps=2, hold=(gate, "0", 0)))
     pod = _running_pod(world, f"{name}-0")
     DISRUPTIONS[verb](world.cluster.kubelet, pod)
+    world.wait(
+        lambda: (
+            world.api.find("jobs", f"{name}-0-r1", NS)
+            and world.cluster.kubelet.active_pod(f"{name}-0", NS) is None
+        ),
+        "the disrupted attempt was not stopped and retried",
+    )
+    world.release(gate)  # the retry goes through its hold
     world.wait_finished(name)
     trials = assert_exact_accounting(world, name, max_trials=2, expect_retries=True)
     first = next(t for t in trials if t.number == 0)
@@ -85,15 +101,19 @@ def test_disrupted_trial_is_retried_with_the_same_parameters(
     assert "TrialRetried" in _reasons(world)
 
 
-def test_retries_exhausted_fail_the_trial(operator_world: World) -> None:
+def test_retries_exhausted_fail_the_trial(operator_world: World, tmp_path: Path) -> None:
     world = operator_world
     name = "dis-exhaust"
+    gate = _gate(tmp_path)
     world.apply(
-        study_manifest(name, max_trials=1, parallelism=1, max_retries=1, steps=20, sleep=0.25)
+        study_manifest(
+            name, max_trials=1, parallelism=1, max_retries=1, steps=2, hold=(gate, "0", 0)
+        )
     )
     world.cluster.kubelet.evict(_running_pod(world, f"{name}-0"), NS)
     world.cluster.kubelet.evict(_running_pod(world, f"{name}-0-r1"), NS)
     world.wait_finished(name)
+    world.release(gate)
     assert_exact_accounting(
         world, name, max_trials=1, allowed_fail_reasons={"RetriesExhausted"}, expect_retries=True
     )
@@ -103,12 +123,14 @@ def test_retries_exhausted_fail_the_trial(operator_world: World) -> None:
     assert world.status(name)["state"] == "Failed"  # no trial completed
 
 
-def test_oom_killed_is_a_user_error_not_retried(operator_world: World) -> None:
+def test_oom_killed_is_a_user_error_not_retried(operator_world: World, tmp_path: Path) -> None:
     world = operator_world
     name = "dis-oom"
-    world.apply(study_manifest(name, max_trials=1, parallelism=1, steps=20, sleep=0.25))
+    gate = _gate(tmp_path)
+    world.apply(study_manifest(name, max_trials=1, parallelism=1, steps=2, hold=(gate, "0", 0)))
     world.cluster.kubelet.oom(_running_pod(world, f"{name}-0"), NS)
     world.wait_finished(name)
+    world.release(gate)
     assert_exact_accounting(world, name, max_trials=1, allowed_fail_reasons={"ExitCode"})
     state, reason, message = _fail_info(world, name, 0)
     assert (state, reason) == ("FAIL", "ExitCode")
@@ -136,14 +158,13 @@ def test_image_pull_error_reports_then_fails_the_trial(operator_world: World) ->
     world.apply(study_manifest(name, max_trials=1, parallelism=1, steps=1))
     world.wait(
         lambda: _condition_is(world, name, "PodsHealthy", "False", "ImagePullFailed"),
-        60,
         "PodsHealthy never reported the image pull error",
     )
     world.wait_finished(name)
     assert_exact_accounting(world, name, max_trials=1, allowed_fail_reasons={"ImagePullFailed"})
     state, reason, _ = _fail_info(world, name, 0)
     assert (state, reason) == ("FAIL", "ImagePullFailed")
-    world.wait(lambda: world.api.find("jobs", f"{name}-0", NS) is None, 30, "Job not deleted")
+    world.wait(lambda: world.api.find("jobs", f"{name}-0", NS) is None, "Job not deleted")
 
 
 def test_unschedulable_trial_waits_then_runs(operator_world: World) -> None:
@@ -156,7 +177,6 @@ def test_unschedulable_trial_waits_then_runs(operator_world: World) -> None:
     world.apply(manifest)
     cond: Any = world.wait(
         lambda: _condition_is(world, name, "PodsHealthy", "False", "Unschedulable"),
-        60,
         "PodsHealthy never reported the unschedulable pod",
     )
     assert "Insufficient" in cond["message"]

@@ -28,6 +28,7 @@ from kubetune.reporting import ReportServer
 from kubetune.spec import parse_manifest
 from kubetune.tokens import TokenSigner
 from reliability.world import SOAK, study_manifest
+from support.hold import WAIT_SECONDS
 
 KEY = b"abuse-test-key-0123456789abcdef"
 SIGNER = TokenSigner(KEY)
@@ -125,7 +126,7 @@ def send(
         request.add_header("Authorization", f"{auth_scheme} {token}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(request, timeout=20) as response:
+        with opener.open(request, timeout=WAIT_SECONDS) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         raw = exc.read()
@@ -365,13 +366,17 @@ def _bad_request(i: int) -> tuple[str, bytes, dict[str, str], int]:
 
 
 async def _flood(base: str) -> tuple[list[tuple[int, int]], list[float], list[int]]:
-    """Bad and good requests interleaved, FLOOD_CONCURRENCY at a time; a 60 s cap."""
+    """Bad and good requests interleaved, FLOOD_CONCURRENCY at a time.
+
+    The caps (per request and for the flood) are sized for a loaded machine: the flood's
+    speed is printed as a figure, never asserted.
+    """
     bad_results: list[tuple[int, int]] = []  # (expected, got)
     good_latencies: list[float] = []
     good_codes: list[int] = []
     sem = asyncio.Semaphore(FLOOD_CONCURRENCY)
     good_token = SIGNER.issue("ns2", "b", 0, 0)
-    timeout = aiohttp.ClientTimeout(total=30)
+    timeout = aiohttp.ClientTimeout(total=WAIT_SECONDS)
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
 
@@ -397,7 +402,14 @@ async def _flood(base: str) -> tuple[list[tuple[int, int]], list[float], list[in
         every = max(1, FLOOD_BAD // FLOOD_GOOD)
         for step in range(FLOOD_GOOD):
             tasks.insert(step * (every + 1), good(step))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=2 * WAIT_SECONDS)
+        except TimeoutError:
+            done = len(bad_results) + len(good_codes)
+            raise AssertionError(
+                f"the flood did not finish within {2 * WAIT_SECONDS:.0f} s: "
+                f"{done} of {FLOOD_BAD + FLOOD_GOOD} requests answered"
+            ) from None
     return bad_results, good_latencies, good_codes
 
 

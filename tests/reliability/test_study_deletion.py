@@ -4,6 +4,8 @@ every Job goes, the finalizer is removed, and the deletion handler does not cras
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 
 from kubetune.ledger import optuna_study_name
@@ -11,23 +13,28 @@ from reliability.world import NS, PLURAL, World, study_manifest
 
 
 def test_deleting_a_busy_study_fails_its_trials_and_removes_its_jobs(
-    operator_world: World,
+    operator_world: World, tmp_path: Path
 ) -> None:
     world = operator_world
     name = "doomed"
-    world.apply(study_manifest(name, max_trials=8, parallelism=5, steps=40, sleep=0.25))
+    # Every trial holds after its first step and is never released: five run at once when
+    # the study is deleted, however slow the machine.
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    held = ",".join(str(n) for n in range(8))
+    world.apply(study_manifest(name, max_trials=8, parallelism=5, steps=2, hold=(gate, held, 0)))
+    world.wait_reached(gate, [str(n) for n in range(5)])
     world.wait(
         lambda: (world.status(name).get("trials") or {}).get("running", 0) == 5,
-        60,
-        "five trials never ran at once",
+        "the status never counted five running trials",
     )
-    world.wait(lambda: world.cluster.kubelet.running_processes() == 5, 60, "pods not running")
+    assert world.cluster.kubelet.running_processes() == 5
     uid = world.study(name)["metadata"]["uid"]
     trials_before = world.trials(name)
     world.api.delete(PLURAL, name, NS)
-    world.wait(lambda: world.api.find(PLURAL, name, NS) is None, 60, "the study was not deleted")
-    world.wait(lambda: not world.jobs(name), 60, "trial Jobs outlived their study")
-    world.wait(lambda: world.cluster.kubelet.running_processes() == 0, 60, "trainers kept running")
+    world.wait(lambda: world.api.find(PLURAL, name, NS) is None, "the study was not deleted")
+    world.wait(lambda: not world.jobs(name), "trial Jobs outlived their study")
+    world.wait(lambda: world.cluster.kubelet.running_processes() == 0, "trainers kept running")
     # The Optuna study stays (history is worth keeping); its running trials were failed.
     study = optuna.load_study(
         study_name=optuna_study_name(NS, name, uid), storage=world.storage_url

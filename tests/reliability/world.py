@@ -20,6 +20,7 @@ import optuna
 
 from harness import Cluster, OperatorProcess
 from kubetune.ledger import optuna_study_name
+from support.hold import WAIT_SECONDS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -184,21 +185,37 @@ class World:
                 return dict(cond)
         return None
 
-    def wait_finished(self, name: str, timeout: float = 90.0, namespace: str = NS) -> Any:
+    def wait_finished(self, name: str, timeout: float = WAIT_SECONDS, namespace: str = NS) -> Any:
         def done() -> Any:
             status = self.status(name, namespace)
             if status.get("state") in FINISHED and not (status.get("trials") or {}).get("running"):
                 return status
             return None
 
-        return self.wait(done, timeout, f"study {namespace}/{name} did not finish")
+        return self.wait(done, f"study {namespace}/{name} did not finish", timeout)
 
-    def wait(self, predicate: Callable[[], Any], timeout: float, message: str) -> Any:
+    def wait(
+        self, predicate: Callable[[], Any], message: str, timeout: float = WAIT_SECONDS
+    ) -> Any:
+        """Poll ``predicate`` until truthy; past ``timeout`` (generous: a loaded machine is
+        slow) fail with ``message``, the time waited and the operator log's tail."""
         try:
             return self.api.wait_for(predicate, timeout=timeout, interval=0.1, message=message)
         except TimeoutError as exc:
             tail = self.logs()[-4000:]
             raise AssertionError(f"{exc}\n--- operator log tail ---\n{tail}") from None
+
+    def release(self, gate: Path) -> None:
+        """Let every fake trainer held at ``gate`` (``study_manifest(hold=...)``) go on."""
+        (gate / "release").touch()
+
+    def wait_reached(self, gate: Path, trials: list[str] | str) -> None:
+        """Wait until the held trials reached their hold point (running, and staying so)."""
+        names = [trials] if isinstance(trials, str) else trials
+        self.wait(
+            lambda: all((gate / f"reached-{n}").exists() for n in names),
+            f"trials {names} never reached their hold point in {gate}",
+        )
 
     def jobs(self, name: str, namespace: str = NS) -> list[dict[str, Any]]:
         return [

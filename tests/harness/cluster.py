@@ -207,8 +207,11 @@ class Cluster:
         for job in self.api.list("jobs", ns):
             with contextlib.suppress(ApiError):
                 self.api.delete("jobs", job["metadata"]["name"], ns, propagation="Background")
-        deadline = time.monotonic() + 30
-        while (pods := self.api.list("pods", ns)) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 300  # generous: only a broken cluster takes this long
+        while pods := self.api.list("pods", ns):
+            if time.monotonic() > deadline:
+                names = [p["metadata"]["name"] for p in pods]
+                raise RuntimeError(f"pods in {ns} outlived 300 s of deletion: {names}")
             for pod in pods:
                 with contextlib.suppress(ApiError):
                     if pod["metadata"].get("finalizers"):
@@ -229,4 +232,4 @@ def install_crds(plane: ControlPlane, folder: Path | None = None) -> None:
     """Apply the repository's CRDs for real and wait until they are Established."""
     folder = folder or REPO / "crds"
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder))
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    plane.kubectl("wait", "--for=condition=Established", "--timeout=300s", "crd", "--all")

@@ -40,7 +40,7 @@ def run_kopf(
     target: str | Path,
     namespace: str | None = None,
     extra: Sequence[str] = (),
-    timeout: float = 30.0,
+    timeout: float = 300.0,
     settings: Any = None,
 ) -> Iterator[KopfRunner]:
     """Run kopf in a thread with a fresh handler registry; re-raises its errors on exit.
@@ -93,9 +93,9 @@ class OperatorProcess:
         """SIGKILL: no cleanup, no finalizer removal, as when a node dies under the operator."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.wait(60)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 120.0) -> int | None:
         """SIGTERM and wait (kopf shuts down gracefully); SIGKILL if it does not."""
         if self.proc is None:
             return None

@@ -245,25 +245,30 @@ class KubeApi:
         with contextlib.suppress(ApiError):
             self.create("namespaces", {"metadata": {"name": name}})
         # Pods can be created only once the namespace's default ServiceAccount exists.
-        self.wait_for(lambda: self.find("serviceaccounts", "default", name), timeout=30)
+        self.wait_for(lambda: self.find("serviceaccounts", "default", name))
 
     # ---- waiting and watching -----------------------------------------------------------------
 
     @staticmethod
     def wait_for(
         predicate: Callable[[], Any],
-        timeout: float = 120.0,
+        timeout: float = 300.0,
         interval: float = 0.05,
         message: str = "",
     ) -> Any:
-        """Poll ``predicate`` until it returns something truthy; ``TimeoutError`` if never."""
+        """Poll ``predicate`` until it returns something truthy; ``TimeoutError`` if never.
+
+        The default deadline is generous (a loaded CI machine is slow); a passing wait never
+        reaches it, and the error says how long it waited.
+        """
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(message or f"condition not met in {timeout}s: {predicate!r}")
+                what = message or f"condition {predicate!r}"
+                raise TimeoutError(f"{what} (not met within {timeout:.0f} s)")
             time.sleep(interval)
 
     def watch(

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import Cluster, OperatorProcess, run_kopf
+from support.hold import WAIT_SECONDS
 
 TRAINER = r"""
 import json, math, os, sys, time
@@ -117,7 +118,7 @@ def operator_env(database_url: str, *, resync: float = 2.0) -> dict[str, str]:
 
 def run_operator_thread(namespace: str | None = None) -> Any:
     """kopf for real, in a thread, with ``kubetune.handlers`` (config from the environment)."""
-    return run_kopf("module:kubetune.handlers", namespace=namespace, timeout=60)
+    return run_kopf("module:kubetune.handlers", namespace=namespace, timeout=WAIT_SECONDS)
 
 
 def operator_process(cluster: Cluster, database_url: str, log: Path) -> OperatorProcess:
@@ -147,13 +148,20 @@ def condition(
 
 
 def wait_state(
-    cluster: Cluster, name: str, state: str, namespace: str = "default", timeout: float = 180.0
+    cluster: Cluster,
+    name: str,
+    state: str,
+    namespace: str = "default",
+    timeout: float = WAIT_SECONDS,
 ) -> dict[str, Any]:
-    cluster.api.wait_for(
-        lambda: status(cluster, name, namespace).get("state") == state,
-        timeout=timeout,
-        message=f"study {namespace}/{name} never reached {state}",
-    )
+    try:
+        cluster.api.wait_for(
+            lambda: status(cluster, name, namespace).get("state") == state,
+            timeout=timeout,
+            message=f"study {namespace}/{name} never reached {state}",
+        )
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; its status: {status(cluster, name, namespace)}") from None
     return status(cluster, name, namespace)
 
 

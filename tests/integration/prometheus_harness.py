@@ -229,9 +229,9 @@ def serve_app(app: web.Application) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=WAIT_SECONDS)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        thread.join(timeout=WAIT_SECONDS)
         loop.close()
 
 
@@ -412,7 +412,7 @@ def exposed_names(exposition: str) -> set[str]:
 
 
 def fetch_exposed_names(metrics_url: str) -> set[str]:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+    with urllib.request.urlopen(metrics_url, timeout=WAIT_SECONDS) as response:
         return exposed_names(response.read().decode("utf-8"))
 
 
@@ -423,5 +423,9 @@ def missing_metric_names(used: set[str], exposed: set[str]) -> set[str]:
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     """Run promtool; the caller asserts on ``returncode`` and shows ``stdout``/``stderr``."""
     return subprocess.run(
-        [binary("promtool"), *args], capture_output=True, text=True, timeout=120, check=False
+        [binary("promtool"), *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        check=False,
     )

@@ -64,7 +64,9 @@ def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """The session's control plane with the committed CRD installed and a namespace to use."""
     out = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     assert "serverside-applied" in out
-    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=300s"
+    )
     control_plane.kubectl("create", "namespace", NS, check=False)
     yield control_plane
     control_plane.kubectl("delete", "namespace", NS, "--wait=false", check=False)

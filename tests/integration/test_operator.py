@@ -6,7 +6,6 @@ trials in the database), never on the sequence of API calls.
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from operator_fixtures import (
 
 from harness import Cluster, PostgresServer
 from harness.postgres import free_port
+from support.hold import WAIT_SECONDS
 
 NS = "default"
 
@@ -95,9 +95,25 @@ def test_study_runs_to_succeeded_and_status_events_database_agree(
     assert "postgres" not in str(evs).lower()
 
 
+def _reconcile_passes(metrics_url: str) -> int:
+    """How many reconcile passes the operator finished (-1 before its metrics answer)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=WAIT_SECONDS) as response:
+            text = response.read().decode()
+    except OSError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith("kubetune_reconcile_duration_seconds_count "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 def test_invalid_study_gets_a_condition_and_an_event_and_nothing_is_created(
-    cluster: Cluster, operator_env_vars: str, tmp_path: Path
+    cluster: Cluster, operator_env_vars: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    metrics_port = free_port()
+    monkeypatch.setenv("KUBETUNE_METRICS_PORT", str(metrics_port))
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     manifest = study_manifest("bad", trainer_file(tmp_path), enqueue=[{"lr": 0.01, "nope": 1}])
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
@@ -105,7 +121,16 @@ def test_invalid_study_gets_a_condition_and_an_event_and_nothing_is_created(
         cluster.api.wait_for(
             lambda: any(e["reason"] == "InvalidSpec" for e in events(cluster, "bad"))
         )
-        time.sleep(3.0)  # more than one resync (2 s here): later passes must not repeat it
+        # Later passes must not repeat the Event: wait for two whole passes after the one
+        # that posted it (the only study here), rather than for some seconds.
+        cluster.api.wait_for(
+            lambda: _reconcile_passes(metrics_url) >= 0, message="no metrics from the operator"
+        )
+        seen = _reconcile_passes(metrics_url)
+        cluster.api.wait_for(
+            lambda: _reconcile_passes(metrics_url) >= seen + 3,
+            message=f"the operator did not reconcile again (passes before: {seen})",
+        )
     assert runner.exit_code == 0
     assert [e["reason"] for e in events(cluster, "bad")].count("InvalidSpec") == 1
     invalid = condition(cluster, "bad", "Invalid")
@@ -332,7 +357,7 @@ def test_operator_killed_and_restarted_mid_study_converges_exactly(
     cluster.api.wait_for(lambda: cluster.kubelet.running_processes() == 0)
     second = operator_process(cluster, fresh_database, tmp_path / "op2.log").start()
     try:
-        final = wait_state(cluster, "crash", "Succeeded", timeout=60)
+        final = wait_state(cluster, "crash", "Succeeded")
     finally:
         second.stop()
     assert final["trials"] == {
@@ -369,19 +394,18 @@ def test_storage_outage_sets_a_condition_and_the_study_recovers(  # noqa: PLR091
             )
             down = condition(cluster, "outage", "StorageReachable")
             scraped_down = (
-                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{metrics_port}/metrics", timeout=WAIT_SECONDS
+                )
                 .read()
                 .decode()
             )
         finally:
             postgres_server.start()
         go.touch()
-        final = wait_state(cluster, "outage", "Succeeded", timeout=60)
-        scraped = (
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
+        final = wait_state(cluster, "outage", "Succeeded")
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        scraped = urllib.request.urlopen(metrics_url, timeout=WAIT_SECONDS).read().decode()
     assert runner.exit_code == 0
     assert down["reason"] == "StorageError"
     assert postgres_password not in str(down) and postgres_password not in runner.output
@@ -402,7 +426,7 @@ def test_api_errors_on_job_create_are_retried_without_duplicate_trials(
     manifest = study_manifest("flaky", trainer_file(tmp_path), max_trials=3, parallelism=2)
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
-        final = wait_state(cluster, "flaky", "Succeeded", timeout=60)
+        final = wait_state(cluster, "flaky", "Succeeded")
     assert runner.exit_code == 0
     assert final["trials"]["total"] == 3 and final["trials"]["completed"] == 3
     assert by_state(optuna_trials(operator_env_vars, final)) == {"COMPLETE": 3}

@@ -19,19 +19,24 @@ from operator_fixtures import operator_env, status, study_manifest, trainer_file
 
 from harness import Cluster
 from harness.postgres import free_port
+from support.hold import WAIT_SECONDS, finish
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _wait_http(url: str, timeout: float = 30.0) -> int:
+def _wait_http(url: str, log: Path, timeout: float = WAIT_SECONDS) -> int:
+    """The first answer from ``url``; past ``timeout`` fail with the operator's log."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
                 return int(r.status)
-        except OSError:
+        except OSError as exc:
             if time.monotonic() > deadline:
-                raise
+                raise AssertionError(
+                    f"{url} did not answer within {timeout:.0f} s ({exc}); the operator's log:\n"
+                    f"{log.read_text(errors='replace')[-4000:]}"
+                ) from None
             time.sleep(0.2)
 
 
@@ -66,14 +71,14 @@ def test_namespaced_operator_process_health_json_logs_and_clean_shutdown(
             stderr=subprocess.STDOUT,
         )
         try:
-            assert _wait_http(f"http://127.0.0.1:{health}/healthz") == 200
+            assert _wait_http(f"http://127.0.0.1:{health}/healthz", log) == 200
             cluster.api.create(
                 "tuningstudies", study_manifest("mine", trainer, max_trials=2), "team-a"
             )
             cluster.api.create(
                 "tuningstudies", study_manifest("theirs", trainer, max_trials=2), "team-b"
             )
-            wait_state(cluster, "mine", "Succeeded", namespace="team-a", timeout=60)
+            wait_state(cluster, "mine", "Succeeded", namespace="team-a")
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics") as r:
                 exposed = r.read().decode()
             assert (
@@ -81,7 +86,8 @@ def test_namespaced_operator_process_health_json_logs_and_clean_shutdown(
                 in exposed
             )
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
+            code, _ = finish(proc, "the operator after SIGTERM")
+            assert code == 0, log.read_text(errors="replace")[-4000:]
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -33,6 +33,7 @@ from operator_fixtures import (
 
 from harness import Cluster
 from harness.postgres import free_port
+from support.hold import WAIT_SECONDS
 
 NS = "default"
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +41,9 @@ TOKEN_KEY = operator_env("x")["KUBETUNE_TOKEN_KEY"]
 
 
 def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/metrics", timeout=WAIT_SECONDS
+    ) as response:
         return str(response.read().decode())
 
 
@@ -79,7 +82,7 @@ def test_quickstart_with_the_real_trainer_status_events_database_agree(
     assert "--epochs=4" in spec["trial"]["template"]["spec"]["containers"][0]["args"]
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
-        final = wait_state(cluster, "quickstart", "Succeeded", timeout=150)
+        final = wait_state(cluster, "quickstart", "Succeeded")
         evs = cluster.api.wait_for(
             lambda: (
                 [e for e in events(cluster, "quickstart") if e["reason"] == "StudySucceeded"]
@@ -178,7 +181,7 @@ def test_pruned_study_in_the_cluster_with_no_credentials_in_pods(
     manifest = _pruning_manifest(curve_trainer_file(tmp_path))
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
-        final = wait_state(cluster, "pruned", "Succeeded", timeout=60)
+        final = wait_state(cluster, "pruned", "Succeeded")
         scraped = cluster.api.wait_for(
             lambda: (
                 text
@@ -266,7 +269,6 @@ def test_operator_restarted_while_trainers_report_loses_nothing(
         cluster.api.create("tuningstudies", manifest, NS)
         cluster.api.wait_for(
             lambda: (progress / "0.1").exists() and (progress / "1.1").exists(),
-            timeout=60,
             message="the trainers never reported step 1",
         )
     finally:
@@ -277,7 +279,7 @@ def test_operator_restarted_while_trainers_report_loses_nothing(
         cluster, fresh_database, tmp_path / "op2.log", report_port=report_port
     ).start()
     try:
-        final = wait_state(cluster, "restart", "Succeeded", timeout=90)
+        final = wait_state(cluster, "restart", "Succeeded")
     finally:
         second.stop()
     assert final["trials"] == {

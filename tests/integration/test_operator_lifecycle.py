@@ -56,7 +56,6 @@ def test_a_study_whose_reconcile_raises_says_so_and_backs_off_while_others_run(
                 "3 times in a row"
                 in condition(cluster, "victim", "Reconciled", "victim").get("message", "")
             ),
-            timeout=60,
             message="the victim's condition never counted 3 failures",
         )
         broken = condition(cluster, "victim", "Reconciled", "victim")
@@ -68,7 +67,7 @@ def test_a_study_whose_reconcile_raises_says_so_and_backs_off_while_others_run(
         ]
         failed_passes = fault.hits
         cluster.api.faults.remove(fault)
-        final = wait_state(cluster, "victim", "Succeeded", "victim", timeout=120)
+        final = wait_state(cluster, "victim", "Succeeded", "victim")
     assert runner.exit_code == 0, runner.output[-3000:]
 
     assert bystander["trials"]["completed"] == 4
@@ -176,7 +175,7 @@ def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
     container["resources"] = {"limits": {"nvidia.com/gpu": 1}}
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
-        final = wait_state(cluster, "budget", "Failed", timeout=60)
+        final = wait_state(cluster, "budget", "Failed")
         cluster.api.wait_for(lambda: "TrialsStopped" in reasons_of(cluster, "budget"))
         cluster.api.wait_for(lambda: jobs(cluster, "budget") == [], message="Jobs left")
         cluster.api.wait_for(lambda: cluster.kubelet.running_processes() == 0)

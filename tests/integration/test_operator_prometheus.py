@@ -28,6 +28,7 @@ from operator_fixtures import (
 
 from harness import Cluster
 from harness.postgres import free_port
+from support.hold import WAIT_SECONDS
 
 NS = "default"
 
@@ -40,7 +41,7 @@ def _bad_token_report(report_port: int) -> int:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -82,7 +83,7 @@ def test_prometheus_scrapes_the_running_operator_and_every_panel_has_data(
         cluster.api.faults.add(path=r"/status$", verbs=("patch",), status=500, times=1)
         cluster.api.create("tuningstudies", manifest, NS)
         assert _bad_token_report(report_port) == 401
-        final = wait_state(cluster, "watched", "Succeeded", timeout=90)
+        final = wait_state(cluster, "watched", "Succeeded")
         trials = optuna_trials(fresh_database, final)
         prom.wait_until(
             "the final counts to be scraped",

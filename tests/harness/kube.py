@@ -14,7 +14,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,23 @@ def resource(name: str | Resource, group: str | None = None) -> Resource:
     if isinstance(name, Resource):
         return name
     return RESOURCES[f"{name}.{group}" if group and f"{name}.{group}" in RESOURCES else name]
+
+
+def json_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A watch stream's lines, split at ``\\n`` only.
+
+    Not httpx's ``iter_lines``: it splits like ``str.splitlines``, also at characters that a
+    JSON string carries unescaped (U+0085 NEL, say, in a hostile spec), which cut one event in
+    two and killed the watching thread.
+
+    A connection cut mid-event leaves an unterminated tail: dropped, since the watch resumes
+    from the last whole event's resourceVersion and receives it again.
+    """
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from lines
 
 
 def _kubeconfig_credentials(kubeconfig: Path) -> tuple[str, str, tuple[str, str]]:
@@ -323,10 +340,10 @@ class KubeApi:
                 ) as answer:
                     if answer.status_code == 410:
                         return
-                    for line in answer.iter_lines():
+                    for line in json_lines(answer.iter_bytes()):
                         if stop.is_set():
                             return
-                        if not line:
+                        if not line.strip():
                             continue
                         event = json.loads(line)
                         if event.get("type") in (None, "ERROR"):  # 410 or a bare Status

@@ -114,7 +114,6 @@ def test_every_trial_outcome_posts_an_event_with_its_number_and_values_or_reason
         final = wait_state(cluster, "outcomes", "Succeeded")
         cluster.api.wait_for(
             lambda: _outcome_events(cluster, "outcomes") >= expected,
-            timeout=60,
             message=f"outcome Events missing: {expected - _outcome_events(cluster, 'outcomes')}",
         )
     assert runner.exit_code == 0, runner.output[-3000:]
@@ -153,7 +152,6 @@ def test_the_operator_folds_per_trial_events_beyond_the_first_ten_per_reason(
                 _counted(cluster, "busy", "TrialCompleted") == trials
                 and _counted(cluster, "busy", "TrialLaunched") == trials
             ),
-            timeout=60,
             message="the Events do not count every trial",
         )
     assert runner.exit_code == 0, runner.output[-3000:]

@@ -17,6 +17,7 @@ import urllib.request
 
 from reliability.checks import assert_exact_accounting
 from reliability.world import NS, World, free_port, study_manifest
+from support.hold import WAIT_SECONDS
 
 STEPS = 4
 DRIFT = 0.25
@@ -40,10 +41,8 @@ def test_retried_attempt_reports_a_different_curve_and_completes(
         extra_args=("--attempt-drift", str(DRIFT)),
     )
     world.apply(manifest)
-    world.wait((gate / "reached-0").exists, 60, "trial 0 never reached step 2")
-    pod = world.wait(
-        lambda: world.cluster.kubelet.active_pod(f"{name}-0", NS), 60, "no running pod"
-    )
+    world.wait((gate / "reached-0").exists, "trial 0 never reached step 2")
+    pod = world.wait(lambda: world.cluster.kubelet.active_pod(f"{name}-0", NS), "no running pod")
     world.cluster.kubelet.evict(str(pod), NS)
     (gate / "release").touch()
     world.wait_finished(name)
@@ -79,16 +78,14 @@ def test_job_deleted_by_hand_during_a_retry_is_retried_again_and_counted_once(
         extra_args=("--attempt-drift", str(DRIFT)),
     )
     world.apply(manifest)
-    world.wait(reached.exists, 60, "attempt 0 never reached step 2")
-    pod = world.wait(
-        lambda: world.cluster.kubelet.active_pod(f"{name}-0", NS), 60, "no running pod"
-    )
+    world.wait(reached.exists, "attempt 0 never reached step 2")
+    pod = world.wait(lambda: world.cluster.kubelet.active_pod(f"{name}-0", NS), "no running pod")
     world.cluster.kubelet.evict(str(pod), NS)
     reached.unlink()
-    world.wait(reached.exists, 60, "attempt 1 never reached step 2")
+    world.wait(reached.exists, "attempt 1 never reached step 2")
     reached.unlink()
     world.api.delete("jobs", f"{name}-0-r1", NS, propagation="Background")  # kubectl delete
-    world.wait(reached.exists, 60, "attempt 2 never reached step 2")
+    world.wait(reached.exists, "attempt 2 never reached step 2")
     (gate / "release").touch()
     world.wait_finished(name)
 
@@ -104,7 +101,7 @@ def test_job_deleted_by_hand_during_a_retry_is_retried_again_and_counted_once(
 
 
 def _gauge(url: str, name: str) -> float | None:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=WAIT_SECONDS) as response:
         text = response.read().decode()
     pattern = (
         rf'^kubetune_study_last_progress_timestamp_seconds\{{[^}}]*study="{name}"[^}}]*\}} (\S+)$'
@@ -134,7 +131,7 @@ def test_silent_trainer_times_out_and_frees_its_slot_across_a_restart(world: Wor
     manifest["spec"]["trial"]["heartbeatTimeoutSeconds"] = TIMEOUT
     world.apply(manifest)
     for number in (0, 1):
-        world.wait((gate / f"reached-{number}").exists, 60, f"trial {number} not held")
+        world.wait((gate / f"reached-{number}").exists, f"trial {number} not held")
 
     # Progress is any report, heartbeat, launch or finish: with both trials waiting and none
     # finished, trial 1's heartbeats still move the gauge.
@@ -159,10 +156,10 @@ def test_silent_trainer_times_out_and_frees_its_slot_across_a_restart(world: Wor
             for t in world.trials(name)
         )
 
-    world.wait(timed_out, 120, "the silent trial 0 never failed with HeartbeatTimeout")
-    world.wait(lambda: world.api.find("jobs", f"{name}-0", NS) is None, 60, "Job 0 not deleted")
+    world.wait(timed_out, "the silent trial 0 never failed with HeartbeatTimeout")
+    world.wait(lambda: world.api.find("jobs", f"{name}-0", NS) is None, "Job 0 not deleted")
     # Its slot is reused while trial 1 still waits, heartbeating, past the timeout.
-    world.wait(lambda: world.api.find("jobs", f"{name}-2", NS), 60, "trial 2 never launched")
+    world.wait(lambda: world.api.find("jobs", f"{name}-2", NS), "trial 2 never launched")
     one = next(t for t in world.trials(name) if t.number == 1)
     assert one.state.name == "RUNNING", one.user_attrs
 

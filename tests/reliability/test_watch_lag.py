@@ -23,13 +23,13 @@ def test_a_lagging_job_watch_never_relaunches_a_running_trial(world: World, tmp_
     world.extra_env["KUBETUNE_EXPECTATION_SECONDS"] = "1"
     world.start_operator()
     api = world.api
-    world.wait(lambda: "Started kubetune operator" in world.logs(), 60, "operator never started")
+    world.wait(lambda: "Started kubetune operator" in world.logs(), "operator never started")
     gate = tmp_path / "gate"
     gate.mkdir()
     lag = api.faults.add(path=r"/jobs$", verbs=("watch",), hang=True, hang_seconds=LAG_SECONDS)
     try:
         api.drop_watches()  # the operator re-watches Jobs, into the held request
-        world.wait(lambda: lag.hits > 0, 30, "the operator never re-watched its Jobs")
+        world.wait(lambda: lag.hits > 0, "the operator never re-watched its Jobs")
         manifest = study_manifest("lag", max_trials=3, parallelism=2, hold=(gate, "0,1", 0))
         world.apply(manifest)
         # Both trials run (their pods are mid-flight) while the operator cannot see their Jobs;
@@ -37,18 +37,16 @@ def test_a_lagging_job_watch_never_relaunches_a_running_trial(world: World, tmp_
         # relaunched them as JobDeleted here, this one reads each Job and finds it.
         world.wait(
             lambda: all((gate / f"reached-{n}").exists() for n in (0, 1)),
-            60,
             "the first two trials never started",
         )
         world.wait(
             lambda: all(judged(world.logs(), n) for n in (0, 1)),
-            30,
             "the operator never judged its unseen Jobs",
         )
     finally:
         api.faults.remove(lag)
     (gate / "release").touch()
-    world.wait_finished("lag", timeout=120)
+    world.wait_finished("lag")
     # Exact counts, one Job per trial, attempt 0 only: nothing was relaunched or run twice.
     assert_exact_accounting(world, "lag", max_trials=3)
     assert "Relaunched trial" not in world.logs()

@@ -7,10 +7,11 @@ lost would show up as a count mismatch, not as noise. Options (argv): ``--steps 
 ``DIR/reached-<trial>`` and wait until ``DIR/release`` exists (so a test can be sure a trial is
 mid-flight when it starts a fault, and choose when it goes on; after its last step such a
 trial touches ``DIR/completing-<trial>`` just before it sends its result);
-``--heartbeat-trials 1,3 --heartbeat-every S``: those trials send a heartbeat every S seconds while they wait (a long,
-healthy step), the others wait in silence (a hung trainer). ``--attempt-drift D`` adds
-``D * attempt`` to every intermediate value, so a retried attempt reports a different curve
-(as nondeterministic GPU kernels or another data order would); the final value is unchanged.
+``--heartbeat-trials 1,3 --heartbeat-every S``: those trials send a heartbeat every S seconds
+while they wait (a long, healthy step), the others wait in silence (a hung trainer).
+``--attempt-drift D`` adds ``D * attempt`` to every intermediate value, so a retried attempt
+reports a different curve (as nondeterministic GPU kernels or another data order would); the
+final value is unchanged.
 Reporter mode uses ``kubetune.trial``; TerminationMessage mode writes the message file.
 """
 

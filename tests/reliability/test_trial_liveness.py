@@ -142,7 +142,7 @@ def test_silent_trainer_times_out_and_frees_its_slot_across_a_restart(world: Wor
         done = [t for t in world.trials(name) if t.state.is_finished()]
         return value is not None and value > held and not done
 
-    world.wait(progressed_before_any_finish, TIMEOUT - 5, "heartbeats did not move the gauge")
+    world.wait(progressed_before_any_finish, "heartbeats did not move the gauge", TIMEOUT - 5)
 
     # The silence is judged from the database and the pods, not the operator's memory.
     world.stop_operator()

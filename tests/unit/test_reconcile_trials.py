@@ -26,6 +26,7 @@ from kubetune.reconcile._observed import (
 )
 from kubetune.reconcile._trials import (
     MAX_LOG_TAIL_CHARS,
+    POD_STATUS_GRACE_SECONDS,
     TrialOutcomes,
     TrialRules,
     TrialVerdict,
@@ -186,10 +187,24 @@ def test_succeeded_job_in_reporter_mode_never_reported() -> None:
 )
 def test_succeeded_job_in_termination_message_mode(message: str | None, tell: Tell) -> None:
     rules = TrialRules(0, False, 1, None, 300.0)
-    v = classify_trial(running(), job(phase="Succeeded", termination_message=message), rules, T0)
+    done = job(phase="Succeeded", termination_message=message, exit_code=0)  # pod seen exited
+    v = classify_trial(running(), done, rules, T0)
     if tell.state == "FAIL":
         tell = Tell(0, "FAIL", None, R.NO_RESULT, f"Job demo-0-a0: {tell.message}")
     assert v == TrialVerdict((tell,))
+
+
+def test_a_complete_job_waits_for_its_pod_status_before_no_result() -> None:
+    """The Job watch can show Complete before the pod watch shows the trainer's exit (a cut or
+    lagging watch): that is not "no termination message" until the grace has passed."""
+    rules = TrialRules(0, False, 1, None, 300.0)
+    unseen = job(phase="Succeeded", completion_time=T0)  # no exit code, no message yet
+    early = classify_trial(running(), unseen, rules, T0 + timedelta(seconds=5))
+    assert early == TrialVerdict(requeue_after=POD_STATUS_GRACE_SECONDS - 5)
+    late = classify_trial(running(), unseen, rules, T0 + timedelta(seconds=61))
+    assert tell_of(late).reason == R.NO_RESULT
+    # Reporter mode reads nothing from the pod: no wait.
+    assert tell_of(classify_trial(running(), unseen, RULES, T0)).reason == R.NO_RESULT
 
 
 def test_disruption_is_retried_then_exhausts_the_retries() -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LOG_TAIL_CHARS",
+    "POD_STATUS_GRACE_SECONDS",
     "TrialOutcomes",
     "TrialRules",
     "TrialVerdict",
@@ -39,6 +40,10 @@ __all__ = [
 
 #: Most characters of a failed trainer's log kept in the trial's fail message.
 MAX_LOG_TAIL_CHARS = 2000
+
+
+#: How long a Job seen Complete may wait for its pod's terminated status to be seen.
+POD_STATUS_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -154,8 +159,21 @@ def _live_job(t: TrialRecord, job: ObservedJob, rules: TrialRules, now: datetime
     return TrialVerdict((tell, DeleteJob(job.name, R.IMAGE_PULL_FAILED)), stuck=job)
 
 
-def _succeeded_job(t: TrialRecord, job: ObservedJob, rules: TrialRules) -> TrialVerdict:
-    """Reporter mode: the trial should be finished already. Else: the termination message."""
+def _succeeded_job(
+    t: TrialRecord, job: ObservedJob, rules: TrialRules, now: datetime
+) -> TrialVerdict:
+    """Reporter mode: the trial should be finished already. Else: the termination message.
+
+    The Job and its pod come from two watches: the Job can be seen Complete before its pod's
+    terminated status (exit code, termination message) arrives, above all when a watch lags or
+    was cut. Until ``POD_STATUS_GRACE_SECONDS`` after completion, a pod not yet seen
+    terminated means "wait", not "the trainer wrote nothing".
+    """
+    if not rules.reporter and job.exit_code is None and job.termination_message is None:
+        done = job.completion_time or now
+        waited = (now - done).total_seconds()
+        if waited < POD_STATUS_GRACE_SECONDS:
+            return TrialVerdict(requeue_after=POD_STATUS_GRACE_SECONDS - waited)
     if rules.reporter:
         return _fail(
             t,
@@ -221,7 +239,7 @@ def classify_trial(
     if is_active(job):
         return _live_job(t, job, rules, now)
     if job.phase == "Succeeded":
-        return _succeeded_job(t, job, rules)
+        return _succeeded_job(t, job, rules, now)
     return _failed_job(t, job, rules)
 
 

@@ -183,7 +183,7 @@ class Cluster:
         self.proxy.faults.clear()
         self.proxy.requests.clear()
         self.proxy.bodies.clear()
-        self.proxy.gone_watches(-self.proxy._gone)
+        self.proxy.clear_gone()
         self.kubelet.reset()
         for ns in self.api.list("namespaces"):
             name = ns["metadata"]["name"]

@@ -166,7 +166,9 @@ class FaultProxy:
         self._ssl.load_cert_chain(*cert)
         self._bare_ssl = ssl.create_default_context(cafile=ca_file)
         self._watches: set[asyncio.Task[Any]] = set()
-        self._gone = 0
+        self._lock = threading.Lock()
+        #: Pending 410 answers: the resource each is for (None: the next watch of any).
+        self._gone: list[str | None] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="proxy")
         self.port = 0
@@ -191,8 +193,26 @@ class FaultProxy:
 
         self._loop.call_soon_threadsafe(cut)
 
-    def gone_watches(self, count: int = 1) -> None:
-        self._gone += count
+    def gone_watches(self, count: int = 1, resource: str | None = None) -> None:
+        """The next ``count`` watches (of ``resource``, or of anything) get 410 ``Expired``.
+
+        Name the resource where another client may watch through the proxy meanwhile (an
+        operator still stopping, a reconnecting informer): it would take the 410 instead.
+        """
+        with self._lock:
+            self._gone.extend([resource] * count)
+
+    def clear_gone(self) -> None:
+        with self._lock:
+            self._gone.clear()
+
+    def _take_gone(self, resource: str | None) -> bool:
+        with self._lock:
+            for i, wanted in enumerate(self._gone):
+                if wanted is None or wanted == resource:
+                    del self._gone[i]
+                    return True
+        return False
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -237,8 +257,7 @@ class FaultProxy:
             return _status_response(rule.status, rule.retry_after)
         if rule is not None:
             await asyncio.sleep(rule.hang_seconds)
-        if record.verb == "watch" and self._gone > 0:
-            self._gone -= 1
+        if record.verb == "watch" and self._take_gone(record.resource):
             self._log(record, 410)
             return _expired_watch()
         task = asyncio.current_task()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from typing import Any
+
 import kubernetes
 import pytest
 import urllib3
@@ -38,7 +42,7 @@ def test_injected_faults_answer_instead_of_the_server(cluster: Cluster) -> None:
 
 def test_watches_can_be_cut_and_expired(cluster: Cluster) -> None:
     api = core(cluster)
-    cluster.proxy.gone_watches(1)
+    cluster.proxy.gone_watches(1, resource="configmaps")
     watch = kubernetes.watch.Watch()
     with pytest.raises(kubernetes.client.ApiException) as caught:  # the ERROR event, as raised
         for _ in watch.stream(
@@ -46,11 +50,28 @@ def test_watches_can_be_cut_and_expired(cluster: Cluster) -> None:
         ):
             pass
     assert caught.value.status == 410
-    fresh = kubernetes.watch.Watch()  # the first one remembers the refused resourceVersion
-    events = fresh.stream(api.list_namespaced_config_map, "default", timeout_seconds=30)
-    first = next(events)  # the initial list replays as ADDED
+    events, first = _fresh_watch(api)
     assert first["type"] == "ADDED"
     cluster.api.drop_watches()
     with pytest.raises(urllib3.exceptions.ProtocolError):  # as a connection reset looks
         list(events)
     assert len(cluster.api.requests_for("configmaps", "watch")) >= 2
+
+
+def _fresh_watch(api: Any) -> tuple[Iterator[Any], Any]:
+    """A new watch and its first event (the initial list replays as ADDED).
+
+    A watch without a resourceVersion is served from the apiserver's watch cache once it has
+    caught up with etcd; on a loaded machine it may answer 504 "Too large resource version"
+    after a few seconds, and clients (informers, kopf) simply watch again. So does this one.
+    """
+    deadline = time.monotonic() + 120
+    while True:
+        fresh = kubernetes.watch.Watch()  # the first one remembers the refused resourceVersion
+        events = fresh.stream(api.list_namespaced_config_map, "default", timeout_seconds=30)
+        try:
+            return events, next(events)
+        except kubernetes.client.ApiException as e:
+            if e.status != 504 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

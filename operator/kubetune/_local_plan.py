@@ -1,14 +1,12 @@
 """Pure parts of the local runner: ``$(VAR)`` expansion, a trial's command and environment,
-how many trials to launch now, and reading a termination message. No I/O, no clock.
+the end of its output. No I/O, no clock. (What to launch and how a trial ended are the
+operator's rules, ``kubetune.reconcile``, which ``kubetune run`` calls too.)
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from kubetune.ledger import normalise_storage_url
@@ -16,13 +14,8 @@ from kubetune.search_space import param_env
 
 __all__ = [
     "PYTHON_NAMES",
-    "Budget",
-    "Counts",
-    "LaunchDecision",
     "expand_vars",
     "normalise_storage_url",
-    "parse_termination_message",
-    "plan_launches",
     "tail",
     "trial_command",
     "trial_env",
@@ -144,81 +137,6 @@ def trial_command(container: Mapping[str, Any], env: Mapping[str, str], python: 
     if first in PYTHON_NAMES or os.path.basename(first) in {"python", "python3"}:
         argv[0] = python
     return argv
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Trials of the study by state, as the ledger shows them (RUNNING includes ours)."""
-
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-
-    @property
-    def total(self) -> int:
-        """Trials that count against ``maxTrials`` (every trial asked for, whatever its end)."""
-        return self.complete + self.pruned + self.failed + self.running
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The limits the local runner honours (CLI overrides already applied)."""
-
-    max_trials: int
-    parallelism: int
-    max_failed_trials: int | None = None
-    deadline_seconds: int | None = None
-
-
-@dataclass(frozen=True)
-class LaunchDecision:
-    """How many trials to start now; ``done`` with a ``reason`` once nothing more will run."""
-
-    launch: int
-    done: bool = False
-    reason: str = ""
-
-
-def plan_launches(
-    counts: Counts, budget: Budget, *, ours_running: int, elapsed_seconds: float
-) -> LaunchDecision:
-    """Fill free slots up to ``parallelism`` until ``maxTrials``; stop launching on too many
-    failures or past the deadline. ``done`` once nothing of ours is running either."""
-    reason = ""
-    if budget.max_failed_trials is not None and counts.failed >= budget.max_failed_trials:
-        reason = f"MaxFailedTrialsReached: {counts.failed} trials failed"
-    elif budget.deadline_seconds is not None and elapsed_seconds >= budget.deadline_seconds:
-        reason = f"DeadlineReached: deadlineSeconds={budget.deadline_seconds} passed"
-    elif counts.total >= budget.max_trials:
-        reason = f"MaxTrialsReached: {counts.total} of maxTrials={budget.max_trials}"
-    if reason:
-        return LaunchDecision(0, done=ours_running == 0, reason=reason)
-    free = max(budget.parallelism - ours_running, 0)
-    return LaunchDecision(min(free, budget.max_trials - counts.total))
-
-
-def parse_termination_message(text: str, n_objectives: int) -> list[float]:
-    """``{"values": [...]}`` with one finite number per objective; ValueError says what is wrong."""
-    if not text.strip():
-        raise ValueError("termination message is empty")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"termination message is not JSON: {exc.msg} ({text[:80]!r})") from None
-    if not isinstance(doc, dict) or "values" not in doc:
-        raise ValueError('termination message must be an object {"values": [...]}')
-    values = doc["values"]
-    if isinstance(values, int | float) and not isinstance(values, bool):
-        values = [values]
-    if not isinstance(values, list) or len(values) != n_objectives:
-        raise ValueError(f"termination message values must be a list of {n_objectives} numbers")
-    out: list[float] = []
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError(f"termination message values[{i}] is not a finite number: {v!r}")
-        out.append(float(v))
-    return out
 
 
 def tail(data: bytes, limit: int = 2048) -> str:

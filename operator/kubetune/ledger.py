@@ -329,14 +329,25 @@ class Ledger:
     def storage(self) -> optuna.storages.BaseStorage:
         return self._storage
 
-    def open(self, spec: TuningStudySpec, *, namespace: str, name: str, uid: str) -> optuna.Study:
+    def open(
+        self,
+        spec: TuningStudySpec,
+        *,
+        namespace: str,
+        name: str,
+        uid: str,
+        study_name: str | None = None,
+    ) -> optuna.Study:
         """Create or load the study; the first opener records the spec hash and warm starts.
 
         The cached study keeps its sampler across reconciles (TPE, CMA-ES keep state). A
         spec whose immutable parts changed is not applied here: the hash stays the old one
-        and the reconcile reports ``Invalid``.
+        and the reconcile reports ``Invalid``. ``study_name`` defaults to
+        :func:`optuna_study_name`; ``kubetune run`` names its study after the manifest, and
+        such a study records no owning TuningStudy.
         """
-        study_name = optuna_study_name(namespace, name, uid)
+        owned = study_name is None
+        study_name = study_name or optuna_study_name(namespace, name, uid)
         with self._lock:
             cached = self._studies.get(study_name)
         if cached is not None:
@@ -354,9 +365,10 @@ class Ledger:
         attrs = study.user_attrs
         if SPEC_HASH_ATTR not in attrs:
             study.set_user_attr(SPEC_HASH_ATTR, spec_hash(spec))
-            study.set_user_attr("kubetune:namespace", namespace)
-            study.set_user_attr("kubetune:name", name)
-            study.set_user_attr("kubetune:uid", uid)
+            if owned:
+                study.set_user_attr("kubetune:namespace", namespace)
+                study.set_user_attr("kubetune:name", name)
+                study.set_user_attr("kubetune:uid", uid)
         if not attrs.get(ENQUEUED_ATTR):
             for fixed in spec.enqueue_trials:
                 study.enqueue_trial(dict(fixed), skip_if_exists=True)

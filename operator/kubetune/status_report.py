@@ -88,8 +88,8 @@ def study_list(summaries: Sequence[Any]) -> str:
 
 
 def _trial_reason(rec: TrialRecord) -> str:
-    """The fail reason's code: the operator stores ``ExitCode``, the local runner
-    ``ExitCode: trainer exited with code 3``."""
+    """The fail reason's code: ``ExitCode`` (local runs before the runners shared the
+    operator's rules stored ``ExitCode: trainer exited with code 3``)."""
     if rec.state != "FAIL" or not rec.fail_reason:
         return ""
     return str(rec.fail_reason).split(":", 1)[0]

@@ -175,8 +175,9 @@ def test_a_local_study_that_stops_on_failures_stops_its_running_trials(
     trials = optuna.load_study(study_name="halt", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
     assert trials[0].user_attrs["kubetune:fail_reason"].startswith("ExitCode")
-    assert trials[1].user_attrs["kubetune:fail_reason"] == (
-        "StudyStopped: the study stopped (MaxFailedTrialsReached: 1 trials failed)"
+    assert trials[1].user_attrs["kubetune:fail_reason"] == "StudyStopped"
+    assert trials[1].user_attrs["kubetune:fail_message"] == (
+        "the study stopped (MaxFailedTrialsReached): 1 trials failed (maxFailedTrials: 1)"
     )
 
 
@@ -207,10 +208,9 @@ def test_a_local_study_ends_at_its_goal_and_stops_the_running_trials(
     assert "Stopped: GoalReached: trial 1 reached the goal: acc 0.9 >= 0.8" in out
     trials = optuna.load_study(study_name="goal", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
-    assert (
-        trials[0]
-        .user_attrs["kubetune:fail_reason"]
-        .startswith("StudyStopped: the study stopped (GoalReached: trial 1")
+    assert trials[0].user_attrs["kubetune:fail_reason"] == "StudyStopped"
+    assert trials[0].user_attrs["kubetune:fail_message"].startswith(
+        "the study stopped (GoalReached): trial 1 reached the goal"
     )
 
 
@@ -241,7 +241,7 @@ def test_status_of_a_local_run_by_name(
     )
     assert lines[3] == "Best:         trial " + lines[3].split("trial ")[1]
     assert lines[3].endswith("acc=0.2") and lines[4].strip() == "layers=1,lr=0.2"
-    assert "GPU-seconds:  not recorded" in lines[5]
+    assert lines[5].startswith("GPU-seconds:  0.0 used, 0.0 saved by pruning")  # no GPU asked
     assert lines[6] == "Last 3 trials:"
     header, *rows = lines[7:]
     assert header.split() == [

@@ -121,6 +121,7 @@ def test_reconcile_api_is_what_the_shell_and_ledger_use() -> None:
         "reconcile_error_status",
         "redact",
         "reported_outcome_event",
+        "spec_changed",
         "spec_hash",
         "storage_error_status",
     ]

@@ -1,4 +1,4 @@
-"""Pure parts of the local runner: $(VAR) expansion, trial env and command, launch planning."""
+"""Pure parts of the local runner: $(VAR) expansion, trial env and command, output tail."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubetune._local_plan import (
-    Budget,
-    Counts,
     expand_vars,
     normalise_storage_url,
-    parse_termination_message,
-    plan_launches,
     tail,
     trial_command,
     trial_env,
@@ -106,60 +102,6 @@ def test_trial_command_expands_and_maps_python() -> None:
     assert trial_command(other, ENV, "/venv/bin/python") == ["/opt/train", "$(LR)"]
     with pytest.raises(ValueError, match="no command"):
         trial_command({"name": "t", "args": ["x"]}, ENV, "py")
-
-
-def test_plan_fills_free_slots_up_to_max_trials() -> None:
-    budget = Budget(max_trials=5, parallelism=3)
-    assert plan_launches(Counts(), budget, ours_running=0, elapsed_seconds=0).launch == 3
-    assert (
-        plan_launches(
-            Counts(complete=1, running=2), budget, ours_running=2, elapsed_seconds=0
-        ).launch
-        == 1
-    )
-    last = plan_launches(Counts(complete=4, running=0), budget, ours_running=0, elapsed_seconds=0)
-    assert last.launch == 1 and not last.done
-    full = plan_launches(Counts(complete=4, running=1), budget, ours_running=1, elapsed_seconds=0)
-    assert full.launch == 0 and not full.done and full.reason.startswith("MaxTrialsReached")
-    done = plan_launches(Counts(complete=5), budget, ours_running=0, elapsed_seconds=0)
-    assert done.done and done.reason.startswith("MaxTrialsReached")
-
-
-def test_plan_counts_other_runners_trials_against_max_trials() -> None:
-    budget = Budget(max_trials=4, parallelism=4)
-    decision = plan_launches(Counts(running=3), budget, ours_running=0, elapsed_seconds=0)
-    assert decision.launch == 1
-
-
-def test_plan_stops_on_failures_and_deadline() -> None:
-    budget = Budget(max_trials=50, parallelism=2, max_failed_trials=2, deadline_seconds=60)
-    failed = plan_launches(Counts(failed=2), budget, ours_running=1, elapsed_seconds=0)
-    assert failed.launch == 0 and not failed.done
-    assert failed.reason.startswith("MaxFailedTrialsReached")
-    late = plan_launches(Counts(), budget, ours_running=0, elapsed_seconds=61)
-    assert late.done and late.reason.startswith("DeadlineReached")
-
-
-@pytest.mark.parametrize(
-    ("text", "needle"),
-    [
-        ("", "empty"),
-        ("not json", "not JSON"),
-        ("[1]", "object"),
-        ('{"values": [1, 2]}', "1 numbers"),
-        ('{"values": [NaN]}', "finite"),
-        ('{"values": ["0.5"]}', "finite"),
-        ('{"values": [true]}', "finite"),
-    ],
-)
-def test_bad_termination_messages_are_explained(text: str, needle: str) -> None:
-    with pytest.raises(ValueError, match=needle):
-        parse_termination_message(text, 1)
-
-
-def test_good_termination_messages() -> None:
-    assert parse_termination_message('{"values": [0.5, 3]}', 2) == [0.5, 3.0]
-    assert parse_termination_message('{"values": 0.25}', 1) == [0.25]
 
 
 def test_tail_keeps_the_end_and_survives_bad_bytes() -> None:

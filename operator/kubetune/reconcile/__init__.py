@@ -72,7 +72,12 @@ from kubetune.reconcile._actions import (
     VerifyJobGone,
 )
 from kubetune.reconcile._budget import Goal, goal_reached
-from kubetune.reconcile._decide import DEFAULT_IMAGE_PULL_GRACE_SECONDS, decide, spec_hash
+from kubetune.reconcile._decide import (
+    DEFAULT_IMAGE_PULL_GRACE_SECONDS,
+    decide,
+    spec_changed,
+    spec_hash,
+)
 from kubetune.reconcile._events import (
     AGGREGATED_REASONS,
     COMBINED_PREFIX,
@@ -125,6 +130,7 @@ __all__ = [
     "reconcile_error_status",
     "redact",
     "reported_outcome_event",
+    "spec_changed",
     "spec_hash",
     "storage_error_status",
 ]

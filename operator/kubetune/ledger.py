@@ -307,6 +307,12 @@ def _read_changes(
             cache.store(t)
 
 
+def _resumed(study: optuna.Study) -> bool:
+    """Some trial of the study was asked for already (by this process or an earlier one)."""
+    waiting = (TrialState.WAITING,)
+    return len(study.get_trials(deepcopy=False)) > len(study.get_trials(False, states=waiting))
+
+
 class Ledger:
     """Opens studies and performs the reconcile's ledger actions (thread-safe, blocking)."""
 
@@ -373,6 +379,10 @@ class Ledger:
             for fixed in spec.enqueue_trials:
                 study.enqueue_trial(dict(fixed), skip_if_exists=True)
             study.set_user_attr(ENQUEUED_ATTR, True)
+        elif _resumed(study):
+            # A seeded sampler would otherwise replay the proposals of the first process that
+            # ran this study (a restarted operator, a second ``kubetune run``).
+            study.sampler.reseed_rng()
         with self._lock:
             self._studies[study_name] = study
             self._names[(namespace, name)] = study_name

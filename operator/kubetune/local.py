@@ -251,7 +251,7 @@ class _LocalStudy:
     # -- setup -------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Record the first start, reseed a resumed sampler, serve the report API."""
+        """Record the first start (the deadline counts from it), serve the report API."""
         study = self.study
         start = study.user_attrs.get(START_TIME_ATTR)
         if not isinstance(start, int | float):
@@ -261,9 +261,6 @@ class _LocalStudy:
                 warnings.simplefilter("ignore")
                 study.set_metric_names([o.name for o in self.spec.objectives])
         self.status = {"startTime": format_time(datetime.fromtimestamp(float(start), UTC))}
-        if any(t.asked for t in self.ledger.snapshot(study).trials):
-            # A seeded sampler would otherwise replay the first run's random proposals.
-            study.sampler.reseed_rng()
         if self.spec.trial.result.from_ == "Reporter":
             self.server = ReportServer(self.ledger.resolve, self.signer)
             self.server.start()

@@ -84,6 +84,20 @@ def test_open_records_hash_and_enqueues_warm_starts_once(ledger: Ledger) -> None
     ]
 
 
+def test_a_resumed_seeded_study_does_not_replay_its_proposals(ledger: Ledger) -> None:
+    """A restarted operator (or a second ``kubetune run``) opens the study afresh with the same
+    seed: without a reseed it would propose the first process's parameters again."""
+    spec = make_spec()
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u1")
+    first = [ledger.ask(study, spec)[1] for _ in range(3)]
+    other = Ledger(ledger.storage)  # the same seed, a fresh sampler
+    again = other.open(spec, namespace="ml", name="demo", uid="u1")
+    later = [other.ask(again, spec)[1] for _ in range(3)]
+    assert not any(p in first for p in later), (first, later)
+    fresh = Ledger(ledger.storage).open(spec, namespace="ml", name="demo", uid="u2")
+    assert Ledger(ledger.storage).ask(fresh, spec)[1] == first[0]  # a new study: the seed holds
+
+
 def test_a_changed_spec_keeps_the_stored_hash(ledger: Ledger) -> None:
     spec = make_spec()
     ledger.open(spec, namespace="ml", name="demo", uid="u1")

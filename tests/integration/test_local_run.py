@@ -447,8 +447,7 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL], output
     assert all(
-        why(t)[0] == INTERRUPTED
-        and why(t)[1].startswith("the local run was interrupted (SIGINT)")
+        why(t)[0] == INTERRUPTED and why(t)[1].startswith("the local run was interrupted (SIGINT)")
         for t in trials
     ), output
     for pid in pids.values():

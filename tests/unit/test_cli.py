@@ -209,8 +209,10 @@ def test_a_local_study_ends_at_its_goal_and_stops_the_running_trials(
     trials = optuna.load_study(study_name="goal", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[0].user_attrs["kubetune:fail_reason"] == "StudyStopped"
-    assert trials[0].user_attrs["kubetune:fail_message"].startswith(
-        "the study stopped (GoalReached): trial 1 reached the goal"
+    assert (
+        trials[0]
+        .user_attrs["kubetune:fail_message"]
+        .startswith("the study stopped (GoalReached): trial 1 reached the goal")
     )
 
 

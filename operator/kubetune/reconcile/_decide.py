@@ -94,16 +94,8 @@ def decide(
     prev = dict(previous_status or {})
     start = parse_time(prev.get("startTime")) or now
     rules = TrialRules.from_spec(spec, image_pull_grace_seconds)
-    j = _judge_trials(
-        spec,
-        with_expectations(jobs, expected),
-        ledger,
-        rules,
-        now,
-        start=start,
-        gone=gone,
-        grid_trials=grid_trials,
-    )
+    observed = with_expectations(jobs, expected)
+    j = _judge_trials(spec, observed, ledger, rules, now, start=start, gone=gone, grid=grid_trials)
     launch, running, verdict, conditions = _plan_study(spec, j, ledger, grid_trials)
     status = build_status(
         previous=prev,
@@ -160,7 +152,7 @@ def _judge_trials(
     *,
     start: datetime,
     gone: Collection[tuple[int, int]],
-    grid_trials: int | None,
+    grid: int | None,
 ) -> _Judged:
     """Classify the trials, account GPU time, find the stop reason, halt what it stops."""
     gpus = spec.trial.gpus()
@@ -173,7 +165,7 @@ def _judge_trials(
         gpu_used=gpu.used,
         start_time=start,
         now=now,
-        grid_trials=grid_trials,
+        grid_trials=grid,
         goal=goal_reached(ledger.trials, outcomes.tells, spec.objectives),
     )
     halt = halt_trials(ledger.trials, outcomes.tells, jobs, gpu.usage, stop, gpus=gpus, now=now)

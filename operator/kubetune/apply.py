@@ -25,7 +25,6 @@ from kubetune.reconcile import (
     Decision,
     DeleteJob,
     EventSpec,
-    LaunchTrials,
     RecordUsage,
     RelaunchAttempt,
     SuspendJob,
@@ -85,10 +84,10 @@ async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: Ledge
     but a direct read that found its Job (that Job is only late in the watch)."""
     seen_free = time.monotonic()
     verified: list[bool] = []
-    usage = [a for a in decision.actions if isinstance(a, RecordUsage)]
+    usage = decision.usage
     if usage:
         await rt.db(rt.ledger.record_usage, t.study, usage)
-    for a in decision.actions:
+    for a in decision.steps:
         if isinstance(a, Tell):
             await _tell(rt, t, a, usage, snap)
         elif isinstance(a, RelaunchAttempt):
@@ -104,9 +103,8 @@ async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: Ledge
         elif isinstance(a, SuspendJob):
             await asyncio.to_thread(rt.api.suspend_job, t.namespace, a.name, a.suspend)
             _log("Suspended Job" if a.suspend else "Resumed Job", t, job=a.name)
-    for a in decision.actions:
-        if isinstance(a, LaunchTrials):
-            await _launch(rt, t, a.count, seen_free)
+    if decision.launches:
+        await _launch(rt, t, decision.launches, seen_free)
     return any(verified) or any(not isinstance(a, VerifyJobGone) for a in decision.actions)
 
 

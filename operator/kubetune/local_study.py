@@ -28,8 +28,6 @@ from kubetune.reconcile import (
     Decision,
     DeleteJob,
     EventSpec,
-    LaunchTrials,
-    RecordUsage,
     RelaunchAttempt,
     SuspendJob,
     Tell,
@@ -134,11 +132,10 @@ class LocalStudy:
         return decision
 
     def apply(self, decision: Decision) -> None:
-        """Ledger writes first, then the processes, launches last (as ``kubetune.apply``)."""
-        usage = [a for a in decision.actions if isinstance(a, RecordUsage)]
-        if usage:
-            self.ledger.record_usage(self.study, usage)
-        for a in decision.actions:
+        """In the decision's order (see :class:`~kubetune.reconcile.Decision`)."""
+        if decision.usage:
+            self.ledger.record_usage(self.study, decision.usage)
+        for a in decision.steps:
             if isinstance(a, Tell):
                 self.ledger.tell(
                     self.study, a.trial, a.state, a.values, reason=a.reason, message=a.message
@@ -155,10 +152,8 @@ class LocalStudy:
                 self.procs.delete(a.name)
             elif isinstance(a, SuspendJob):
                 self.procs.suspend(a.name, a.suspend)
-        for a in decision.actions:
-            if isinstance(a, LaunchTrials):
-                for _ in range(a.count):
-                    self.launch()
+        for _ in range(decision.launches):
+            self.launch()
         for event in decision.events:
             self.announce(event)
 

@@ -812,3 +812,15 @@ def test_a_grid_study_ends_when_every_point_was_tried() -> None:
     assert "every point of the grid was tried (4 trials" in cond["Succeeded"]["message"]
     assert final.status["progress"] == "4/4"
     assert [e.reason for e in final.events] == []  # StudySucceeded was posted once, before
+
+
+def test_a_decision_is_applied_usage_first_launches_last() -> None:
+    """Both shells read the order from the Decision: usage, then the steps in order, then
+    launches (a sampler asked last sees every result told in the same pass)."""
+    tell = Tell(1, "COMPLETE", (0.5,), None, "")
+    delete = DeleteJob("s-2", "TrialFailed")
+    usage = RecordUsage(1, 1, 3.0)
+    decision = Decision(actions=(LaunchTrials(2), tell, usage, delete, LaunchTrials(1)), status={})
+    assert decision.usage == (usage,)
+    assert decision.steps == (tell, delete)
+    assert decision.launches == 3

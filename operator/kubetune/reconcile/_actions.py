@@ -118,6 +118,11 @@ class EventSpec:
 
 @dataclass(frozen=True)
 class Decision:
+    """What to do now. Both shells (the operator, ``kubetune run``) apply it in one order:
+    :attr:`usage` in one ledger write, then :attr:`steps` in order (a trial's tell comes before
+    the Job write it justifies), then :attr:`launches` last (a new trial is asked only once
+    every finished one was told, so the sampler sees all results)."""
+
     actions: tuple[Action, ...]
     status: dict[str, Any]
     events: tuple[EventSpec, ...] = ()
@@ -126,3 +131,16 @@ class Decision:
     state: StudyState = "Pending"
     #: Trials holding a slot once the actions are applied (launches included).
     occupied: int = 0
+
+    @property
+    def usage(self) -> tuple[RecordUsage, ...]:
+        return tuple(a for a in self.actions if isinstance(a, RecordUsage))
+
+    @property
+    def steps(self) -> tuple[Action, ...]:
+        """Every action but usage records and launches, in the decision's order."""
+        return tuple(a for a in self.actions if not isinstance(a, RecordUsage | LaunchTrials))
+
+    @property
+    def launches(self) -> int:
+        return sum(a.count for a in self.actions if isinstance(a, LaunchTrials))

@@ -168,15 +168,21 @@ async def job_event(**kwargs: Any) -> None:
         if state is not None:
             # kopf indexes an event before it calls on.event handlers: from now on the index
             # knows this Job (or knows it is gone), so a placeholder for it is not needed.
-            state.seen[str(kwargs["name"])] = time.monotonic()
-            rt.wake(namespace, label)
+            name = str(kwargs["name"])
+            state.seen[name] = time.monotonic()
+            if state.wakeups.changed("job", name, kwargs.get("type"), kwargs["body"]):
+                rt.wake(namespace, label)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_STUDY: kopf.PRESENT})
 async def pod_event(**kwargs: Any) -> None:
     rt = getattr(kwargs["memo"], "runtime", None)
     if isinstance(rt, Runtime):
-        rt.wake(kwargs["namespace"], kwargs["labels"].get(LABEL_STUDY))
+        namespace, label = kwargs["namespace"], kwargs["labels"].get(LABEL_STUDY)
+        state = rt.peek(namespace, label)
+        name, kind = str(kwargs["name"]), kwargs.get("type")
+        if state is None or state.wakeups.changed("pod", name, kind, kwargs["body"]):
+            rt.wake(namespace, label)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -26,6 +26,7 @@ from kubetune.ledger import Ledger
 from kubetune.metrics import OperatorMetrics
 from kubetune.reconcile import EventBudget, EventSpec
 from kubetune.tokens import TokenSigner
+from kubetune.wakeups import WakeFilter
 
 __all__ = ["Runtime", "StudyKey", "StudyState"]
 
@@ -59,6 +60,8 @@ class StudyState:
     uid: str = ""
     #: How many per-trial Events of each reason were posted one by one (the rest fold).
     event_budget: EventBudget = dataclasses.field(default_factory=EventBudget)
+    #: Which Job and Pod events change what the decision reads (the others wake no pass).
+    wakeups: WakeFilter = dataclasses.field(default_factory=WakeFilter)
 
 
 @dataclasses.dataclass

@@ -32,6 +32,7 @@ CORE = [
     "kubetune.reconcile._study",
     "kubetune.reconcile._trials",
     "kubetune.status",
+    "kubetune.wakeups",
 ]
 
 

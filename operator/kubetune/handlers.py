@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -117,6 +118,7 @@ async def _start_servers(rt: Runtime) -> None:
         rt.ports["report"] = await _serve(rt, app, rt.config.report_port)
         if rt.report_url is None:
             rt.report_url = f"http://127.0.0.1:{rt.ports['report']}"
+        rt.reports_since = datetime.now(UTC)
 
 
 async def _serve(rt: Runtime, app: web.Application, port: int) -> int:

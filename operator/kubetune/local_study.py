@@ -84,6 +84,7 @@ class LocalStudy:
         self.gone: set[tuple[int, int]] = set()
         self.signer = TokenSigner(generate_key())
         self.server: ReportServer | None = None
+        self.reports_since: datetime | None = None
         self.threads = max(1, (os.cpu_count() or 1) // max(1, spec.budget.parallelism))
 
     # -- setup -------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class LocalStudy:
         if self.spec.trial.result.from_ == "Reporter":
             self.server = ReportServer(self.ledger.resolve, self.signer)
             self.server.start()
+            self.reports_since = datetime.fromtimestamp(self.wall_clock(), UTC)
 
     def close(self) -> None:
         if self.server is not None:
@@ -125,6 +127,7 @@ class LocalStudy:
             previous_status=self.status,
             gone=self.gone,
             grid_trials=self.grid,
+            reports_since=self.reports_since,
         )
         self.apply(decision)
         self.procs.forget_settled(snap)

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -81,6 +82,8 @@ class Runtime:
     studies: dict[StudyKey, StudyState] = dataclasses.field(default_factory=dict)
     runners: list[web.AppRunner] = dataclasses.field(default_factory=list)
     ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: When the report API began serving (heartbeat silence counts from then at the earliest).
+    reports_since: datetime | None = None
     started: float = dataclasses.field(default_factory=time.monotonic)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     #: Set when the operator stops: a pass cut short by the executor's shutdown is not an error.

@@ -133,6 +133,7 @@ async def reconcile_study(
         gone=gone,
         image_pull_grace_seconds=rt.config.image_pull_grace_seconds,
         grid_trials=grid_trials(spec),
+        reports_since=rt.reports_since,
     )
     try:
         changed = await apply_decision(rt, Target(body, spec, study, state), decision, snap)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -374,6 +375,20 @@ def test_first_heartbeat_is_timed_from_the_trainer_start_of_the_current_pod() ->
     # Never sent anything, started 61 s ago: silent.
     never = classify_trial(running(), job(running_since=T0), HB_RULES, T0 + timedelta(seconds=61))
     assert tell_of(never).reason == R.HEARTBEAT_TIMEOUT
+
+
+def test_silence_while_the_report_api_was_down_does_not_count() -> None:
+    """An operator restarted 10 s ago heard nothing before: its trainers could not reach it.
+    A heartbeat 90 s old is then 10 s of silence, and the decision looks again at 60 s."""
+    restarted = dataclasses.replace(HB_RULES, reports_since=T0 + timedelta(seconds=80))
+    t, live = running(heartbeat=T0), job(running_since=T0 - timedelta(seconds=5))
+    now = T0 + timedelta(seconds=90)
+    verdict = classify_trial(t, live, restarted, now)
+    assert verdict.actions == ()
+    assert verdict.requeue_after == pytest.approx(50.0)
+    assert tell_of(classify_trial(t, live, HB_RULES, now)).reason == R.HEARTBEAT_TIMEOUT
+    later = classify_trial(t, live, restarted, T0 + timedelta(seconds=141))
+    assert tell_of(later).reason == R.HEARTBEAT_TIMEOUT  # silent for a whole timeout since
 
 
 @pytest.mark.parametrize(

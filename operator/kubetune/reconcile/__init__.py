@@ -28,7 +28,8 @@ Rules (each tested in tests/unit/test_reconcile.py):
   finished through the report API; if it is still RUNNING the trainer never called
   ``complete`` → FAIL ``NoResult``.
 - ``trial.heartbeatTimeoutSeconds`` (Reporter mode): a trial whose trainer container runs and
-  whose last sign of life (the newer of ``kubetune:heartbeat`` and that container's start) is
+  whose last sign of life (the newest of ``kubetune:heartbeat``, that container's start and
+  the report API's start, ``reports_since``: an operator that was down heard nothing) is
   older than the timeout → FAIL ``HeartbeatTimeout`` and its Job is deleted; otherwise the
   decision asks to be run again when it would expire. Pending, pulling or suspended pods are
   not judged.

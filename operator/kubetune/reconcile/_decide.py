@@ -81,6 +81,7 @@ def decide(
     gone: Collection[tuple[int, int]] = (),
     image_pull_grace_seconds: float = DEFAULT_IMAGE_PULL_GRACE_SECONDS,
     grid_trials: int | None = None,
+    reports_since: datetime | None = None,
 ) -> Decision:
     """Compute the actions and the new status for one study (see the package docstring).
 
@@ -90,10 +91,12 @@ def decide(
     :class:`VerifyJobGone`: only those count as deleted (the watch alone can lag).
     ``grid_trials``: for a Grid study, the trials it runs before its points would repeat
     (``kubetune.sampling.grid_trials``: the core knows no Optuna); None for other samplers.
+    ``reports_since``: when the report API began taking reports (heartbeat silence before it
+    does not count).
     """
     prev = dict(previous_status or {})
     start = parse_time(prev.get("startTime")) or now
-    rules = TrialRules.from_spec(spec, image_pull_grace_seconds)
+    rules = TrialRules.from_spec(spec, image_pull_grace_seconds, reports_since)
     observed = with_expectations(jobs, expected)
     j = _judge_trials(spec, observed, ledger, rules, now, start=start, gone=gone, grid=grid_trials)
     launch, running, verdict, conditions = _plan_study(spec, j, ledger, grid_trials)

@@ -56,9 +56,16 @@ class TrialRules:
     active_deadline_seconds: int | None
     image_pull_grace_seconds: float
     heartbeat_timeout_seconds: int | None = None
+    #: Since when the report API has been taking reports (None: unknown, always).
+    reports_since: datetime | None = None
 
     @classmethod
-    def from_spec(cls, spec: TuningStudySpec, image_pull_grace_seconds: float) -> TrialRules:
+    def from_spec(
+        cls,
+        spec: TuningStudySpec,
+        image_pull_grace_seconds: float,
+        reports_since: datetime | None = None,
+    ) -> TrialRules:
         return cls(
             max_retries=spec.trial.max_retries,
             reporter=spec.trial.result.from_ == "Reporter",
@@ -66,6 +73,7 @@ class TrialRules:
             active_deadline_seconds=spec.trial.active_deadline_seconds,
             image_pull_grace_seconds=image_pull_grace_seconds,
             heartbeat_timeout_seconds=spec.trial.heartbeat_timeout_seconds,
+            reports_since=reports_since,
         )
 
 
@@ -124,15 +132,18 @@ def _silent_trainer(
 ) -> TrialVerdict:
     """A running trainer silent past ``heartbeatTimeoutSeconds`` fails and its Job goes.
 
-    Silence counts from the newest of: the last report or heartbeat (any attempt), and the
-    start of the trainer container now running (so a retried attempt or a resumed Job starts
-    afresh, and a trainer that never sent anything is timed from its start). A Job without a
-    running trainer (pending, pulling, suspended) is not judged: other rules cover it.
+    Silence counts from the newest of: the last report or heartbeat (any attempt), the start
+    of the trainer container now running (so a retried attempt or a resumed Job starts
+    afresh, and a trainer that never sent anything is timed from its start), and the start of
+    the report API (``rules.reports_since``: a trainer cannot report to an operator that is
+    down, so a restart gives every trial the whole timeout again). A Job without a running
+    trainer (pending, pulling, suspended) is not judged: other rules cover it.
     """
     timeout = rules.heartbeat_timeout_seconds
     if timeout is None or job.phase != "Active" or job.running_since is None:
         return TrialVerdict()
-    last = job.running_since if t.heartbeat is None else max(job.running_since, t.heartbeat)
+    signs = (job.running_since, t.heartbeat, rules.reports_since)
+    last = max(s for s in signs if s is not None)
     silent = (now - last).total_seconds()
     if silent < timeout:
         return TrialVerdict(requeue_after=timeout - silent)

@@ -1,9 +1,10 @@
 """Exported names are sorted and deliberate (after encode/httpx tests/test_exported_members.py).
 
-For the package root and the pure core: ``__all__`` lists exactly the public names a module
-defines (plus, for a package, what it re-exports from its private modules), in ruff's
-isort-style order (RUF022), and every listed name exists. A new public name therefore needs a
-deliberate ``__all__`` entry, and a helper meant to stay inside needs a leading underscore.
+For the package root, the pure core and the adapter packages: ``__all__`` lists exactly the
+public names a module defines (plus, for a package, what it re-exports from its private
+modules), in ruff's isort-style order (RUF022), and every listed name exists. A new public
+name therefore needs a deliberate ``__all__`` entry, and a helper meant to stay inside needs a
+leading underscore.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ CORE = [
     "kubetune.status",
     "kubetune.wakeups",
 ]
+#: Adapter packages whose public face is re-exported from their private modules.
+PACKAGES = ["kubetune.metrics"]
 
 
 def isort_key(name: str) -> tuple[int, list[str | int]]:
@@ -76,7 +79,7 @@ def test_package_root_exports_only_the_version() -> None:
     assert kubetune.__all__ == sorted(public | {"__version__"}) == ["__version__"]
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", CORE + PACKAGES)
 def test_all_is_sorted_and_lists_exactly_the_public_names(name: str) -> None:
     module = importlib.import_module(name)
     exported = list(module.__all__)
@@ -85,6 +88,24 @@ def test_all_is_sorted_and_lists_exactly_the_public_names(name: str) -> None:
     assert set(exported) == defined_public_names(module)
     for item in exported:
         assert hasattr(module, item), item
+
+
+def test_metrics_api_is_what_the_shell_and_tests_use() -> None:
+    """The metrics package's face stayed what the single module exported."""
+    from kubetune import metrics
+
+    assert metrics.__all__ == [
+        "JOB_LAUNCH_BUCKETS",
+        "LATENCY_BUCKETS",
+        "LEDGER_STATES",
+        "OUTCOME_STATES",
+        "REPORT_ROUTES",
+        "TRIAL_DURATION_BUCKETS",
+        "OperatorMetrics",
+        "metrics_app",
+        "metrics_handler",
+        "render",
+    ]
 
 
 def test_reconcile_api_is_what_the_shell_and_ledger_use() -> None:

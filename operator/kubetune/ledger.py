@@ -64,6 +64,7 @@ __all__ = [
     "HEARTBEAT_ATTR",
     "JOB_CREATED_ATTR",
     "SPEC_HASH_ATTR",
+    "STORAGE_ERRORS",
     "USAGE_ATTR",
     "Ledger",
     "find_trial",
@@ -87,6 +88,13 @@ ENQUEUED_ATTR = "kubetune:enqueued"
 USAGE_ATTR = "kubetune:usage"
 #: Last report or heartbeat of a trial (unix seconds, float), written by the report API.
 HEARTBEAT_ATTR = "kubetune:heartbeat"
+#: What a call to an unreachable database raises; the shells answer it with a retry (503,
+#: backoff), never a crash, so the list lives once, next to the storage it speaks for.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.SQLAlchemyError,
+    OSError,
+)
 _MAX_MESSAGE = 4000
 _STATES = {
     TrialState.RUNNING: "RUNNING",

@@ -38,11 +38,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
-import sqlalchemy.exc
 from aiohttp import web
 
 # The ledger owns the trial user attrs' names (kubetune:attempt, kubetune:fail_reason).
-from kubetune.ledger import ATTEMPT_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR
+from kubetune.ledger import ATTEMPT_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR, STORAGE_ERRORS
 from kubetune.report_rules import (
     HEARTBEAT_WRITE_SECONDS,
     MAX_REASON_CHARS,
@@ -81,11 +80,6 @@ logger = logging.getLogger(__name__)
 ACTIONS = ("report", "complete", "fail", "prune", "heartbeat")
 
 _NUMBER_RE = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
-_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.SQLAlchemyError,
-    OSError,
-)
 
 
 class Resolver(Protocol):
@@ -224,7 +218,7 @@ class _ReportAPI:
             )
         except Reply:
             raise
-        except _STORAGE_ERRORS as exc:
+        except STORAGE_ERRORS as exc:
             # Expected and transient (a database outage, a study not opened yet or just
             # deleted): one line, no traceback; the trainer retries on the 503.
             logger.warning(

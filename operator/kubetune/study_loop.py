@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import optuna
-import sqlalchemy.exc
+import sqlalchemy
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
 from kubetune import reconcile
 from kubetune.apply import Target, apply_decision, now, patch_status, post_event
 from kubetune.config import OperatorConfig
 from kubetune.jobs import study_label
+from kubetune.ledger import STORAGE_ERRORS
 from kubetune.observe import ChildIndex, observe_children, parse_body, with_log_tails
 from kubetune.reconcile import AGGREGATED_REASONS, Decision, decide
 from kubetune.runtime import Runtime, StudyState
@@ -32,7 +32,6 @@ from kubetune.spec import SpecError, TuningStudySpec
 from kubetune.status import ConditionSpec, build_status, last_progress
 
 __all__ = [
-    "STORAGE_ERRORS",
     "finish_deleted_study",
     "reconcile_study",
     "run_study_loop",
@@ -41,11 +40,6 @@ __all__ = [
 
 logger = logging.getLogger("kubetune.operator")
 
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.SQLAlchemyError,
-    OSError,
-)
 MAX_BACKOFF_SECONDS = 60.0
 
 

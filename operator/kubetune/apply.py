@@ -11,9 +11,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 import optuna
@@ -33,9 +33,19 @@ from kubetune.reconcile import (
 )
 from kubetune.runtime import Runtime, StudyState
 from kubetune.spec import TuningStudySpec
-from kubetune.status import LedgerSnapshot
+from kubetune.status import LedgerSnapshot, TrialUsage
 
-__all__ = ["Target", "apply_decision", "now", "patch_status", "post_event"]
+if TYPE_CHECKING:
+    from kubetune.metrics import OperatorMetrics
+
+__all__ = [
+    "Target",
+    "apply_decision",
+    "count_settled_usage",
+    "now",
+    "patch_status",
+    "post_event",
+]
 
 logger = logging.getLogger("kubetune.operator")
 
@@ -87,9 +97,10 @@ async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: Ledge
     usage = decision.usage
     if usage:
         await rt.db(rt.ledger.record_usage, t.study, usage)
+        count_settled_usage(rt.metrics, t.namespace, t.name, usage, snap.usage)
     for a in decision.steps:
         if isinstance(a, Tell):
-            await _tell(rt, t, a, usage, snap)
+            await _tell(rt, t, a, snap)
         elif isinstance(a, RelaunchAttempt):
             await _relaunch(rt, t, a)
         elif isinstance(a, CreateJob):
@@ -113,9 +124,28 @@ def _log(what: str, t: Target, **fields: object) -> None:
     logger.info("%s study=%s/%s%s", what, t.namespace, t.name, extra)
 
 
-async def _tell(
-    rt: Runtime, t: Target, a: Tell, usage: Sequence[RecordUsage], snap: LedgerSnapshot
+def count_settled_usage(
+    metrics: OperatorMetrics,
+    namespace: str,
+    name: str,
+    records: Iterable[RecordUsage],
+    before: Mapping[int, TrialUsage],
 ) -> None:
+    """Count the settlement just stored into the GPU counters, as the core computed it.
+
+    A record holds the trial's absolute GPU-seconds, so it adds what it holds beyond the
+    stored figure (``before``, the pass's snapshot): summed, the counter is the settled part
+    of ``status.gpuSeconds.used``. A pruned trial's record carries its saving.
+    """
+    for r in records:
+        prior = before.get(r.trial)
+        added = r.gpu_seconds - (prior.gpu_seconds if prior is not None else 0.0)
+        metrics.gpu_settled(
+            namespace, name, gpu_seconds=max(0.0, added), saved_by_pruning=r.saved_by_pruning
+        )
+
+
+async def _tell(rt: Runtime, t: Target, a: Tell, snap: LedgerSnapshot) -> None:
     done = await rt.db(
         rt.ledger.tell, t.study, a.trial, a.state, a.values, reason=a.reason, message=a.message
     )
@@ -124,12 +154,7 @@ async def _tell(
     rec = snap.trial(a.trial)
     started = rec.datetime_start if rec is not None else None
     duration = (now() - started).total_seconds() if started else 0.0
-    settled = [u.gpu_seconds for u in usage if u.trial == a.trial]
-    prior = snap.usage.get(a.trial)
-    gpu = settled[-1] if settled else (prior.gpu_seconds if prior else 0.0)
-    rt.metrics.trial_finished(
-        t.namespace, t.name, a.state, duration_seconds=duration, gpu_seconds=gpu
-    )
+    rt.metrics.trial_finished(t.namespace, t.name, a.state, duration_seconds=duration)
     rt.metrics.record_progress(t.namespace, t.name, time.time())
     _log("Told trial result", t, trial=a.trial, state=a.state, reason=a.reason)
 

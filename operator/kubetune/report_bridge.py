@@ -19,6 +19,7 @@ import optuna
 from kubetune.jobs import study_label
 from kubetune.reconcile import reported_outcome_event
 from kubetune.runtime import Runtime
+from kubetune.status import TrialRecord
 
 __all__ = ["STARTUP_GRACE_SECONDS", "on_report_event", "resolve_study"]
 
@@ -60,85 +61,43 @@ def on_report_event(
         if number is None:
             rt.metrics.trial_finished(namespace, study, state, duration_seconds=0.0)
         else:
-            # The duration and GPU-seconds come from the ledger (blocking): count off the loop.
-            for work in (
-                _count_reported_finish(rt, namespace, study, number, state),
-                _announce_reported(rt, namespace, study, number),
-            ):
-                task = asyncio.get_running_loop().create_task(work)
-                rt.tasks.add(task)
-                task.add_done_callback(rt.tasks.discard)
+            # The duration and the Event's text come from the ledger (blocking): off the loop.
+            task = asyncio.get_running_loop().create_task(
+                _reported_finish(rt, namespace, study, number, state)
+            )
+            rt.tasks.add(task)
+            task.add_done_callback(rt.tasks.discard)
         rt.metrics.record_progress(namespace, study, time.time())
         rt.wake(namespace, study_label(study))
 
 
-async def _announce_reported(rt: Runtime, namespace: str, name: str, number: int) -> None:
-    """The trial's outcome Event (its values, step or reason are read from the ledger)."""
-    study = rt.ledger.resolve(namespace, name)
-    if study is None:
-        return
-    try:
-        record = await rt.db(rt.ledger.trial, study, number)
-    except Exception as e:  # an Event must not break anything
-        logger.warning(
-            "Could not read trial study=%s/%s trial=%d error=%s",
-            namespace,
-            name,
-            number,
-            type(e).__name__,
-        )
-        return
-    event = reported_outcome_event(record)
-    if event is not None:
-        rt.announce(namespace, name, event)
+async def _reported_finish(rt: Runtime, namespace: str, name: str, number: int, state: str) -> None:
+    """Count the outcome the report API told, with its duration, and post its Event.
 
-
-def _reported_usage(study: optuna.Study, number: int, gpus: float) -> tuple[float, float, float]:
-    """(duration, GPU-seconds, GPU-seconds saved) of a trial the report API just finished.
-
-    Duration is ``datetime_complete - datetime_start`` (all attempts); GPU-seconds are that
-    times the pod's GPUs (its Job has not ended yet, so Job times are not known); a pruned
-    trial saved what a mean COMPLETE trial took beyond it.
+    Both read the one finished trial. Its GPU time is counted when its Job is settled
+    (``apply.count_settled_usage``), the same figure the status shows.
     """
-    durations: dict[int, float] = {}
-    states: dict[int, optuna.trial.TrialState] = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.datetime_start is not None and t.datetime_complete is not None:
-            durations[t.number] = max(0.0, (t.datetime_complete - t.datetime_start).total_seconds())
-        states[t.number] = t.state
-    duration = durations.get(number, 0.0)
-    used = duration * gpus
-    saved = 0.0
-    if states.get(number) == optuna.trial.TrialState.PRUNED:
-        full = [d for n, d in durations.items() if states[n] == optuna.trial.TrialState.COMPLETE]
-        if full:
-            saved = max(0.0, sum(full) / len(full) * gpus - used)
-    return duration, used, saved
-
-
-async def _count_reported_finish(
-    rt: Runtime, namespace: str, name: str, number: int, state: str
-) -> None:
-    duration = used = saved = 0.0
+    record: TrialRecord | None = None
     study = rt.ledger.resolve(namespace, name)
     if study is not None:
         try:
-            known = rt.peek(namespace, study_label(name))
-            gpus = known.gpus if known is not None else 0.0
-            duration, used, saved = await rt.db(_reported_usage, study, number, gpus)
-        except Exception as e:  # a metric must not break anything: count it without times
+            record = await rt.db(rt.ledger.trial, study, number)
+        except Exception as e:  # a metric or an Event must not break anything
             logger.warning(
-                "Could not read trial times study=%s/%s trial=%d error=%s",
+                "Could not read trial study=%s/%s trial=%d error=%s",
                 namespace,
                 name,
                 number,
                 type(e).__name__,
             )
-    rt.metrics.trial_finished(
-        namespace,
-        name,
-        state,
-        duration_seconds=duration,
-        gpu_seconds=used,
-        gpu_seconds_saved=saved,
-    )
+    rt.metrics.trial_finished(namespace, name, state, duration_seconds=_duration(record))
+    event = reported_outcome_event(record) if record is not None else None
+    if event is not None:
+        rt.announce(namespace, name, event)
+
+
+def _duration(record: TrialRecord | None) -> float:
+    """Wall time of a finished trial, all attempts (0 when unknown)."""
+    if record is None or record.datetime_start is None or record.datetime_complete is None:
+        return 0.0
+    return max(0.0, (record.datetime_complete - record.datetime_start).total_seconds())

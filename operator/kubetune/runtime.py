@@ -52,8 +52,6 @@ class StudyState:
     seen: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Seconds of the current storage backoff (0 while the storage answers).
     storage_backoff: float = 0.0
-    #: GPUs per trial pod, from the last reconciled spec (for the report API's usage figures).
-    gpus: float = 0.0
     #: The last InvalidSpec message posted as an Event. The body's status can lag our own
     #: patch by one watch event, so it alone would post the Event twice.
     invalid_posted: str | None = None

@@ -34,6 +34,7 @@ __all__ = [
     "last_progress",
     "merge_conditions",
     "pareto_front",
+    "pruning_savings",
     "trial_counts",
 ]
 
@@ -216,17 +217,29 @@ def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> li
     return sorted(front, key=lambda t: t.number)
 
 
+def pruning_savings(
+    usage: Mapping[int, TrialUsage], states: Mapping[int, TrialStateName]
+) -> dict[int, float]:
+    """Per settled pruned trial, the GPU-seconds it did not use: the mean settled usage of the
+    complete trials less its own, never negative (0 while no complete trial is settled).
+
+    The one formula of "saved by pruning": the status sums it, the shell counts each trial's
+    share into the metrics when its Job is settled (``RecordUsage.saved_by_pruning``).
+    """
+    full = [usage[n].gpu_seconds for n, s in states.items() if s == "COMPLETE" and n in usage]
+    mean_full = sum(full) / len(full) if full else 0.0
+    return {
+        n: max(0.0, mean_full - usage[n].gpu_seconds)
+        for n, s in states.items()
+        if s == "PRUNED" and n in usage
+    }
+
+
 def gpu_seconds_saved(
     usage: Mapping[int, TrialUsage], states: Mapping[int, TrialStateName]
 ) -> float:
-    """What each pruned trial did not use, against the mean of the complete trials."""
-    full = [usage[n].gpu_seconds for n, s in states.items() if s == "COMPLETE" and n in usage]
-    mean_full = sum(full) / len(full) if full else 0.0
-    return sum(
-        max(0.0, mean_full - usage[n].gpu_seconds)
-        for n, s in states.items()
-        if s == "PRUNED" and n in usage
-    )
+    """What the pruned trials did not use, together (``status.gpuSeconds.savedByPruning``)."""
+    return sum(pruning_savings(usage, states).values())
 
 
 def build_status(

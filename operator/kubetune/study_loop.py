@@ -159,7 +159,6 @@ async def _valid_spec(rt: Runtime, body: kopf.Body, state: StudyState) -> Tuning
         await _invalid(rt, body, state, unavailable, reason=R.SAMPLER_UNAVAILABLE)
         return None
     state.invalid_posted = None
-    state.gpus = spec.trial.gpus()
     return spec
 
 

@@ -127,14 +127,8 @@ def _run_trial(metrics: OperatorMetrics, study: optuna.Study, *, fail: bool = Fa
     else:
         study.tell(trial, state=TrialState.FAIL)
         metrics.report_request("fail", 200)
-    metrics.trial_finished(
-        NAMESPACE,
-        STUDY,
-        state.name,
-        duration_seconds=elapsed,
-        gpu_seconds=elapsed,
-        gpu_seconds_saved=saved,
-    )
+    metrics.trial_finished(NAMESPACE, STUDY, state.name, duration_seconds=elapsed)
+    metrics.gpu_settled(NAMESPACE, STUDY, gpu_seconds=elapsed, saved_by_pruning=saved)
 
 
 def _activity(metrics: OperatorMetrics, study: optuna.Study, trials: int, retries: int) -> None:

@@ -169,10 +169,10 @@ def test_best_values_follow_the_objectives(
 def test_trial_finished_counts_outcomes_durations_and_gpu_time(
     metrics: OperatorMetrics, registry: CollectorRegistry
 ) -> None:
-    metrics.trial_finished(NS, STUDY, "COMPLETE", duration_seconds=90, gpu_seconds=90)
-    metrics.trial_finished(
-        NS, STUDY, "pruned", duration_seconds=20, gpu_seconds=20, gpu_seconds_saved=70
-    )
+    metrics.trial_finished(NS, STUDY, "COMPLETE", duration_seconds=90)
+    metrics.gpu_settled(NS, STUDY, gpu_seconds=90)
+    metrics.trial_finished(NS, STUDY, "pruned", duration_seconds=20)
+    metrics.gpu_settled(NS, STUDY, gpu_seconds=20, saved_by_pruning=70)
     metrics.trial_retried(NS, STUDY)
     study = {"namespace": NS, "study": STUDY}
     for state, count in (("COMPLETE", 1), ("PRUNED", 1), ("FAIL", 0), ("RETRIED", 1)):
@@ -202,12 +202,8 @@ def test_labels_stay_bounded(metrics: OperatorMetrics, registry: CollectorRegist
     ("call", "field"),
     [
         (lambda m: m.trial_finished(NS, STUDY, "COMPLETE", duration_seconds=-1), "duration"),
-        (
-            lambda m: m.trial_finished(
-                NS, STUDY, "COMPLETE", duration_seconds=1, gpu_seconds=float("nan")
-            ),
-            "gpu_seconds",
-        ),
+        (lambda m: m.gpu_settled(NS, STUDY, gpu_seconds=float("nan")), "gpu_seconds"),
+        (lambda m: m.gpu_settled(NS, STUDY, gpu_seconds=1, saved_by_pruning=-2), "saved"),
         (lambda m: m.trial_finished(NS, STUDY, "EXPLODED", duration_seconds=1), "state"),
         (lambda m: m.trial_finished("", STUDY, "COMPLETE", duration_seconds=1), "namespace"),
         (lambda m: m.job_launched("soon"), "latency_seconds"),
@@ -269,8 +265,8 @@ def test_forget_study_drops_its_series_and_keeps_the_others(
 ) -> None:
     for name in ("gone", "kept"):
         observe(metrics, name)
-        metrics.trial_finished(NS, name, "PRUNED", duration_seconds=3, gpu_seconds=3,
-                               gpu_seconds_saved=9)  # fmt: skip
+        metrics.trial_finished(NS, name, "PRUNED", duration_seconds=3)
+        metrics.gpu_settled(NS, name, gpu_seconds=3, saved_by_pruning=9)
     metrics.forget_study(NS, "gone")
     studies = {labels.get("study") for (_, labels_set) in samples(registry)
                for labels in [dict(labels_set)]}  # fmt: skip

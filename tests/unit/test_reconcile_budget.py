@@ -28,7 +28,13 @@ from kubetune.reconcile._gpu import (
     settle_usage,
 )
 from kubetune.spec import Budget, Objective
-from kubetune.status import TrialRecord, TrialStateName, TrialUsage, gpu_seconds_saved
+from kubetune.status import (
+    TrialRecord,
+    TrialStateName,
+    TrialUsage,
+    gpu_seconds_saved,
+    pruning_savings,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -236,6 +242,7 @@ def test_gpu_saved_is_what_pruned_trials_did_not_use_against_the_mean() -> None:
     usage = {n: TrialUsage(1, s) for n, s in enumerate([100.0, 300.0, 50.0, 250.0])}
     states: dict[int, TrialStateName] = {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "PRUNED"}
     assert gpu_seconds_saved(usage, states) == 150.0  # mean 200: 150 + 0 (never negative)
+    assert pruning_savings(usage, states) == {2: 150.0, 3: 0.0}
     assert gpu_seconds_saved(usage, {2: "PRUNED"}) == 0.0  # nothing complete to compare with
 
 
@@ -244,4 +251,6 @@ def test_gpu_account_settles_then_counts() -> None:
     jobs = [job(0, 0, "Succeeded", seconds=40), job(1, 0, "Succeeded", seconds=10)]
     states: dict[int, TrialStateName] = {0: "COMPLETE", 1: "PRUNED"}
     account = gpu_account(trials, jobs, {}, states, gpus=1.0, now=T0 + timedelta(hours=1))
-    assert account == GpuAccount((RecordUsage(0, 1, 40.0), RecordUsage(1, 1, 10.0)), 50.0, 30.0)
+    # The pruned trial's settlement carries its saving: what the metrics count is the status's.
+    pruned = RecordUsage(1, 1, 10.0, saved_by_pruning=30.0)
+    assert account == GpuAccount((RecordUsage(0, 1, 40.0), pruned), 50.0, 30.0)

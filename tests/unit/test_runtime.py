@@ -29,7 +29,6 @@ def test_a_study_state_is_keyed_by_its_label_and_released_whole() -> None:
     name = "a" * 80  # longer than a label value: hashed
     state = rt.study("ns", name)
     state.expected["job-0"] = (0, 0, 1.0)
-    state.gpus = 2.0
     assert rt.peek("ns", study_label(name)) is state
     assert rt.study("ns", name) is state
     rt.wake("ns", study_label(name))

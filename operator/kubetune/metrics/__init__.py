@@ -27,8 +27,10 @@ Two kinds of numbers, chosen per metric so that an operator restart tells no lie
   when it starts (Prometheus' ``rate()``/``increase()`` handle that reset).
   ``kubetune_trials_total{namespace,study,state}`` (trial outcomes this process recorded: COMPLETE,
   PRUNED, FAIL, and RETRIED for each infrastructure retry it launched),
-  ``kubetune_trial_gpu_seconds_total{namespace,study}``,
-  ``kubetune_gpu_seconds_saved_by_pruning_total{namespace,study}``,
+  ``kubetune_trial_gpu_seconds_total{namespace,study}`` (GPU-seconds this process settled into
+  the ledger: what each ``RecordUsage`` adds to the trial's stored figure),
+  ``kubetune_gpu_seconds_saved_by_pruning_total{namespace,study}`` (each pruned trial's share of
+  ``status.gpuSeconds.savedByPruning`` when its Job was settled; the gauge follows the status),
   ``kubetune_trial_duration_seconds{namespace,state}``, ``kubetune_reconcile_duration_seconds``,
   ``kubetune_reconcile_errors_total{reason}``, ``kubetune_optuna_ask_duration_seconds``,
   ``kubetune_job_launch_latency_seconds`` (a free slot seen -> its Job created),
@@ -45,14 +47,14 @@ How the operator uses it::
     metrics = OperatorMetrics(registry)
     metrics.observe_reconcile(seconds)          # one reconcile pass
     metrics.observe_ask(seconds)                # one study.ask()
-    metrics.job_launched(latency_seconds)   # slot seen free -> Job created (201 or 409)
-        metrics.trial_retried(ns, name)         # an infrastructure retry was launched
-        metrics.trial_finished(ns, name, "PRUNED", duration_seconds=...,
-                               gpu_seconds=..., gpu_seconds_saved=...)
-        metrics.observe_study(ns, name, trials={"COMPLETE": 3, ...}, running=2, parallelism=4,
-                              best_values={"val_accuracy": 0.97}, gpu_seconds=...,
-                              gpu_seconds_saved=..., condition="Running",
-                              last_progress=<unix time of the newest trial start/finish>)
+    metrics.job_launched(latency_seconds)       # slot seen free -> Job created (201 or 409)
+    metrics.trial_retried(ns, name)             # an infrastructure retry was launched
+    metrics.trial_finished(ns, name, "PRUNED", duration_seconds=...)
+    metrics.gpu_settled(ns, name, gpu_seconds=..., saved_by_pruning=...)  # a RecordUsage applied
+    metrics.observe_study(ns, name, trials={"COMPLETE": 3, ...}, running=2, parallelism=4,
+                          best_values={"val_accuracy": 0.97}, gpu_seconds=...,
+                          gpu_seconds_saved=..., condition="Running",
+                          last_progress=<unix time of the newest trial start/finish>)
     metrics.reconcile_failed("StorageUnavailable")     # a CamelCase reason constant
     metrics.storage_reachable(False)
     metrics.report_request("report", 200)               # in the report API, per request

@@ -150,13 +150,13 @@ class MetricFamilies:
         )
         self.trial_gpu_seconds = Counter(
             "kubetune_trial_gpu_seconds_total",
-            "GPU-seconds of the trials that finished in this operator process.",
+            "GPU-seconds settled by this operator process (finished Job attempts).",
             study,
             registry=registry,
         )
         self.gpu_seconds_saved = Counter(
             "kubetune_gpu_seconds_saved_by_pruning_total",
-            "GPU-seconds saved by the trials pruned in this operator process.",
+            "GPU-seconds saved by pruned trials whose Jobs this operator process settled.",
             study,
             registry=registry,
         )

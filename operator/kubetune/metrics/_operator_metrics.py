@@ -48,19 +48,12 @@ class OperatorMetrics(MetricFamilies):
     # -- process events ---------------------------------------------------------------------
 
     def trial_finished(
-        self,
-        namespace: str,
-        study: str,
-        state: str,
-        *,
-        duration_seconds: float,
-        gpu_seconds: float = 0.0,
-        gpu_seconds_saved: float = 0.0,
+        self, namespace: str, study: str, state: str, *, duration_seconds: float
     ) -> None:
         """Count one trial outcome (COMPLETE, PRUNED or FAIL) that this process recorded.
 
-        Call it once, where the operator tells Optuna the result; ``gpu_seconds_saved`` is the
-        estimate of what a pruned trial would still have used.
+        Call it once, where the operator tells Optuna the result (or hears that the report
+        API did); its GPU time is counted when its Job is settled (:meth:`gpu_settled`).
         """
         key = study_key(namespace, study)
         upper = state.upper() if isinstance(state, str) else ""
@@ -73,10 +66,20 @@ class OperatorMetrics(MetricFamilies):
         duration = amount(duration_seconds, "duration_seconds")
         if duration is not None:
             self.trial_duration.labels(key[0], upper).observe(duration)
+
+    def gpu_settled(
+        self, namespace: str, study: str, *, gpu_seconds: float, saved_by_pruning: float = 0.0
+    ) -> None:
+        """Count GPU-seconds this process settled into the ledger, and what a pruned trial's
+        settlement adds to the saving, both as the reconcile core computed them."""
+        key = study_key(namespace, study)
+        if key is None:
+            return
+        self._ensure_outcome_series(key)
         used = amount(gpu_seconds, "gpu_seconds")
         if used:
             self.trial_gpu_seconds.labels(*key).inc(used)
-        saved = amount(gpu_seconds_saved, "gpu_seconds_saved")
+        saved = amount(saved_by_pruning, "saved_by_pruning")
         if saved:
             self.gpu_seconds_saved.labels(*key).inc(saved)
 

@@ -95,6 +95,10 @@ class RecordUsage:
     trial: int
     attempts: int
     gpu_seconds: float
+    #: For a pruned trial, its share of ``status.gpuSeconds.savedByPruning`` as this
+    #: settlement leaves it (``status.pruning_savings``); the shell counts it into the metrics,
+    #: the ledger does not store it (the status recomputes it every pass).
+    saved_by_pruning: float = 0.0
 
 
 Action = (

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from kubetune.observed_job import ObservedJob
 from kubetune.reconcile._actions import RecordUsage
 from kubetune.reconcile._observed import is_active, job_seconds
-from kubetune.status import TrialRecord, TrialStateName, TrialUsage, gpu_seconds_saved
+from kubetune.status import TrialRecord, TrialStateName, TrialUsage, pruning_savings
 
 __all__ = ["GpuAccount", "gpu_account", "gpu_seconds_used", "settle_usage"]
 
@@ -74,7 +74,16 @@ def gpu_account(
     gpus: float,
     now: datetime,
 ) -> GpuAccount:
+    """Settle what finished, then the study's GPU-seconds used and saved by pruning.
+
+    A pruned trial's settlement carries its share of the saving, so the metrics count the
+    same figure the status shows.
+    """
     settled, after = settle_usage(trials, jobs, usage, gpus, now)
-    return GpuAccount(
-        settled, gpu_seconds_used(after, jobs, gpus, now), gpu_seconds_saved(after, states), after
+    savings = pruning_savings(after, states)
+    settled = tuple(
+        replace(r, saved_by_pruning=round(savings[r.trial], 3)) if r.trial in savings else r
+        for r in settled
     )
+    saved = sum(savings.values())  # gpu_seconds_saved(after, states)
+    return GpuAccount(settled, gpu_seconds_used(after, jobs, gpus, now), saved, after)

@@ -47,6 +47,19 @@ def _options_rules(table: dict[str, frozenset[str]], what: str, default: str) ->
     return rules
 
 
+def _refuse_stray_options(model: Sampler | Pruner, allowed: frozenset[str], what: str) -> None:
+    """The model's side of :func:`_options_rules`: options set that the chosen type does not
+    take are refused, all named in one message."""
+    stray = sorted(
+        to_camel(f)
+        for f in model.model_fields_set
+        if f not in allowed and getattr(model, f) is not None
+    )
+    if stray:
+        verb = "does" if len(stray) == 1 else "do"
+        raise ValueError(f"{', '.join(stray)} {verb} not apply to the {model.type} {what}")
+
+
 class Sampler(_Model):
     """How Optuna proposes the next parameters."""
 
@@ -84,15 +97,7 @@ class Sampler(_Model):
 
     @model_validator(mode="after")
     def _options_fit_type(self) -> Sampler:
-        allowed = SAMPLER_OPTIONS[self.type] | {"type", "seed"}
-        stray = sorted(
-            to_camel(f)
-            for f in self.model_fields_set
-            if f not in allowed and getattr(self, f) is not None
-        )
-        if stray:
-            verb = "does" if len(stray) == 1 else "do"
-            raise ValueError(f"{', '.join(stray)} {verb} not apply to the {self.type} sampler")
+        _refuse_stray_options(self, SAMPLER_OPTIONS[self.type] | {"type", "seed"}, "sampler")
         return self
 
 
@@ -171,15 +176,7 @@ class Pruner(_Model):
 
     @model_validator(mode="after")
     def _options_fit_type(self) -> Pruner:
-        allowed = PRUNER_OPTIONS[self.type] | {"type"}
-        stray = sorted(
-            to_camel(f)
-            for f in self.model_fields_set
-            if f not in allowed and getattr(self, f) is not None
-        )
-        if stray:
-            verb = "does" if len(stray) == 1 else "do"
-            raise ValueError(f"{', '.join(stray)} {verb} not apply to the {self.type} pruner")
+        _refuse_stray_options(self, PRUNER_OPTIONS[self.type] | {"type"}, "pruner")
         if self.type == "Percentile" and self.percentile is None:
             raise ValueError("the Percentile pruner needs percentile")
         if self.type == "Patience" and self.patience is None:

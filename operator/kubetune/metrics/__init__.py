@@ -6,8 +6,8 @@ Kubernetes or Optuna, or raises on a bad value (a bad value is dropped and logge
 name, because a metrics call must never break a reconcile).
 
 Where things are: the families and their buckets in ``_families``, the calls that set them in
-``_operator_metrics``, the checks of label values and amounts in ``_values``, serving in
-``_exposition``.
+``_operator_metrics``, the words a label may take and the checks of every value in ``_values``,
+serving in ``_exposition``.
 
 Two kinds of numbers, chosen per metric so that an operator restart tells no lies:
 
@@ -68,15 +68,9 @@ Serving: mount :func:`metrics_handler` on an aiohttp app (``GET /metrics``), or 
 from __future__ import annotations
 
 from kubetune.metrics._exposition import metrics_app, metrics_handler, render
-from kubetune.metrics._families import (
-    JOB_LAUNCH_BUCKETS,
-    LATENCY_BUCKETS,
-    LEDGER_STATES,
-    OUTCOME_STATES,
-    REPORT_ROUTES,
-    TRIAL_DURATION_BUCKETS,
-)
+from kubetune.metrics._families import JOB_LAUNCH_BUCKETS, LATENCY_BUCKETS, TRIAL_DURATION_BUCKETS
 from kubetune.metrics._operator_metrics import OperatorMetrics
+from kubetune.metrics._values import LEDGER_STATES, OUTCOME_STATES, REPORT_ROUTES
 
 __all__ = [
     "JOB_LAUNCH_BUCKETS",

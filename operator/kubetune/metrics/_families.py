@@ -16,22 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = [
-    "JOB_LAUNCH_BUCKETS",
-    "LATENCY_BUCKETS",
-    "LEDGER_STATES",
-    "OUTCOME_STATES",
-    "REPORT_ROUTES",
-    "TRIAL_DURATION_BUCKETS",
-    "MetricFamilies",
-]
-
-#: Trial outcomes counted by ``kubetune_trials_total``.
-OUTCOME_STATES: Final = ("COMPLETE", "PRUNED", "FAIL", "RETRIED")
-#: States of ``kubetune_study_trials`` (Optuna's states plus RETRIED, the number of retries).
-LEDGER_STATES: Final = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "RETRIED")
-#: Routes of the report API (docs/architecture.md); anything else is counted as ``other``.
-REPORT_ROUTES: Final = ("report", "complete", "fail", "heartbeat", "prune")
+__all__ = ["JOB_LAUNCH_BUCKETS", "LATENCY_BUCKETS", "TRIAL_DURATION_BUCKETS", "MetricFamilies"]
 
 #: From a second to a week: trials range from smoke tests to multi-day trainings.
 TRIAL_DURATION_BUCKETS: Final = (

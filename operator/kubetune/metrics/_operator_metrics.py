@@ -12,8 +12,16 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from kubetune.metrics._families import LEDGER_STATES, OUTCOME_STATES, REPORT_ROUTES, MetricFamilies
-from kubetune.metrics._values import amount, camel, label, study_key
+from kubetune.metrics._families import MetricFamilies
+from kubetune.metrics._values import (
+    LEDGER_STATES,
+    OUTCOME_STATES,
+    REPORT_ROUTES,
+    amount,
+    camel,
+    label,
+    study_key,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

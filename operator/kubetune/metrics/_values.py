@@ -1,4 +1,5 @@
-"""Label values and amounts checked before they reach prometheus_client.
+"""Label values and amounts: the words a label may take, and the checks every value passes
+before it reaches prometheus_client.
 
 A metrics call must never break a reconcile: a bad value is dropped and logged with the
 field's name instead of raising, and free-form words become ``Other`` so labels stay bounded.
@@ -11,9 +12,24 @@ import math
 import re
 from typing import Final
 
-__all__ = ["amount", "camel", "label", "study_key"]
+__all__ = [
+    "LEDGER_STATES",
+    "OUTCOME_STATES",
+    "REPORT_ROUTES",
+    "amount",
+    "camel",
+    "label",
+    "study_key",
+]
 
 logger = logging.getLogger("kubetune.metrics")
+
+#: Trial outcomes counted by ``kubetune_trials_total``.
+OUTCOME_STATES: Final = ("COMPLETE", "PRUNED", "FAIL", "RETRIED")
+#: States of ``kubetune_study_trials`` (Optuna's states plus RETRIED, the number of retries).
+LEDGER_STATES: Final = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "RETRIED")
+#: Routes of the report API (docs/architecture.md); anything else is counted as ``other``.
+REPORT_ROUTES: Final = ("report", "complete", "fail", "heartbeat", "prune")
 
 _CAMEL_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,62}$")
 _OTHER: Final = "Other"

@@ -50,6 +50,7 @@ from harness.kube import KubeApi
 from harness.kubelet import Kubelet
 from harness.postgres import PostgresServer, start_server
 from harness.proxy import FaultProxy, write_kubeconfig
+from support import manifests
 
 if TYPE_CHECKING:
     from harness.cluster import Cluster
@@ -96,31 +97,19 @@ def study_manifest(
     seed: int = 0,
 ) -> dict[str, Any]:
     """A two-parameter study with zero-work trials (result by termination message)."""
-    sampler_block: dict[str, Any] = {"type": sampler, "seed": seed}
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "objectives": [{"name": "loss", "direction": "minimize"}],
-            "searchSpace": [
-                {"name": "x", "float": {"low": 0.0, "high": 1.0}},
-                {"name": "y", "float": {"low": 0.0, "high": 1.0}},
-            ],
-            "sampler": sampler_block,
-            "budget": {"maxTrials": max_trials, "parallelism": parallelism},
-            "trial": {
-                "result": {"from": "TerminationMessage"},
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {"name": "trial", "image": "zero-work:1", "command": ["true"]}
-                        ]
-                    }
-                },
-            },
-        },
-    }
+    return manifests.study_manifest(
+        name,
+        namespace=namespace,
+        objectives=[{"name": "loss", "direction": "minimize"}],
+        search_space=[
+            {"name": "x", "float": {"low": 0.0, "high": 1.0}},
+            {"name": "y", "float": {"low": 0.0, "high": 1.0}},
+        ],
+        sampler={"type": sampler, "seed": seed},
+        budget={"maxTrials": max_trials, "parallelism": parallelism},
+        trial={"result": {"from": "TerminationMessage"}},
+        container={"name": "trial", "image": "zero-work:1", "command": ["true"]},
+    )
 
 
 @dataclass

@@ -27,6 +27,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 for _name, _folder in (("kubetune", "operator"), ("kubetune_trainer", "trainer-image")):
     if importlib.util.find_spec(_name) is None:
         sys.path.insert(0, str(REPO / _folder))
+# The tests' helpers (the harness, the one manifest factory in support/) are shared.
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
 
 def _version(dist: str) -> str | None:

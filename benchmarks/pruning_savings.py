@@ -70,44 +70,33 @@ def pruners(epochs: int) -> dict[str, dict[str, Any]]:
 
 def manifest(pruner: dict[str, Any], *, seed: int, trials: int, epochs: int) -> dict[str, Any]:
     """The quickstart study, with this run's pruner, seed, budget and epochs."""
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": f"bench-prune-{pruner['type'].lower()}-{seed}"},
-        "spec": {
-            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
-            "searchSpace": [
-                {"name": "lr", "float": {"low": 1.0e-4, "high": 3.0e-1, "log": True}},
-                {"name": "batch_size", "categorical": {"choices": [32, 64, 128]}},
-                {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
-                {
-                    "name": "momentum",
-                    "float": {"low": 0.0, "high": 0.95},
-                    "when": {"param": "optimizer", "in": ["sgd"]},
-                },
-                {"name": "weight_decay", "float": {"low": 1.0e-6, "high": 1.0e-2, "log": True}},
-                {"name": "dropout", "float": {"low": 0.0, "high": 0.5, "step": 0.05}},
-            ],
-            "sampler": {"type": "TPE", "seed": seed, "nStartupTrials": 6},
-            "pruner": pruner,
-            "budget": {"maxTrials": trials, "parallelism": 1},
-            "trial": {
-                "result": {"from": "Reporter"},
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "trainer",
-                                "image": "kubetune-trainer:0.1.0",
-                                "command": ["python", "-m", "kubetune_trainer"],
-                                "args": _trainer_args(seed, epochs),
-                            }
-                        ]
-                    }
-                },
+    from support import manifests  # tests/ is on sys.path once benchmarks._common is imported
+
+    return manifests.study_manifest(
+        f"bench-prune-{pruner['type'].lower()}-{seed}",
+        search_space=[
+            {"name": "lr", "float": {"low": 1.0e-4, "high": 3.0e-1, "log": True}},
+            {"name": "batch_size", "categorical": {"choices": [32, 64, 128]}},
+            {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
+            {
+                "name": "momentum",
+                "float": {"low": 0.0, "high": 0.95},
+                "when": {"param": "optimizer", "in": ["sgd"]},
             },
+            {"name": "weight_decay", "float": {"low": 1.0e-6, "high": 1.0e-2, "log": True}},
+            {"name": "dropout", "float": {"low": 0.0, "high": 0.5, "step": 0.05}},
+        ],
+        sampler={"type": "TPE", "seed": seed, "nStartupTrials": 6},
+        pruner=pruner,
+        budget={"maxTrials": trials, "parallelism": 1},
+        trial={"result": {"from": "Reporter"}},
+        container={
+            "name": "trainer",
+            "image": "kubetune-trainer:0.1.0",
+            "command": ["python", "-m", "kubetune_trainer"],
+            "args": _trainer_args(seed, epochs),
         },
-    }
+    )
 
 
 def _trainer_args(seed: int, epochs: int) -> list[str]:

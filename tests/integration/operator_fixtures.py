@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import Cluster, OperatorProcess, run_kopf
+from support import manifests
 from support.hold import WAIT_SECONDS
 
 TRAINER = r"""
@@ -71,38 +72,27 @@ def study_manifest(
     budget: dict[str, Any] = {"maxTrials": max_trials, "parallelism": parallelism}
     if max_failed is not None:
         budget["maxFailedTrials"] = max_failed
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
-            "searchSpace": [
-                {"name": "lr", "float": {"low": 1.0e-4, "high": 1.0, "log": True}},
-                {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
-            ],
-            "sampler": {"type": "Random", "seed": 1},
-            "budget": budget,
-            "enqueueTrials": enqueue or [],
-            "trial": {
-                "maxRetries": max_retries,
-                "activeDeadlineSeconds": 120,
-                "result": {"from": result},
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "trainer",
-                                "image": "standin:1",
-                                "command": ["python", str(trainer)],
-                                "env": env,
-                            }
-                        ]
-                    }
-                },
-            },
+    return manifests.study_manifest(
+        name,
+        search_space=[
+            {"name": "lr", "float": {"low": 1.0e-4, "high": 1.0, "log": True}},
+            {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
+        ],
+        sampler={"type": "Random", "seed": 1},
+        budget=budget,
+        enqueue=enqueue or [],
+        trial={
+            "maxRetries": max_retries,
+            "activeDeadlineSeconds": 120,
+            "result": {"from": result},
         },
-    }
+        container={
+            "name": "trainer",
+            "image": "standin:1",
+            "command": ["python", str(trainer)],
+            "env": env,
+        },
+    )
 
 
 def operator_env(database_url: str, *, resync: float = 2.0) -> dict[str, str]:

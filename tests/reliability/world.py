@@ -20,6 +20,7 @@ import optuna
 
 from harness import Cluster, OperatorProcess
 from kubetune.ledger import optuna_study_name
+from support import manifests
 from support.hold import WAIT_SECONDS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,37 +74,25 @@ def study_manifest(
     budget: dict[str, Any] = {"maxTrials": max_trials, "parallelism": parallelism}
     if max_failed is not None:
         budget["maxFailedTrials"] = max_failed
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TuningStudy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "objectives": [{"name": "score", "direction": "maximize"}],
-            "searchSpace": search_space
-            or [
-                {"name": "lr", "float": {"low": 0.001, "high": 0.1, "log": True}},
-                {"name": "layers", "int": {"low": 1, "high": 4}},
-                {"name": "opt", "categorical": {"choices": ["sgd", "adam"]}},
-            ],
-            "sampler": {"type": "Random", "seed": 3},
-            "budget": budget,
-            "trial": {
-                "maxRetries": max_retries,
-                "result": {"from": result},
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "trainer",
-                                "image": "kubetune-fake-trainer:test",
-                                "command": ["python", str(FAKE_TRAINER), *args],
-                            }
-                        ]
-                    }
-                },
-            },
+    return manifests.study_manifest(
+        name,
+        namespace=namespace,
+        objectives=[{"name": "score", "direction": "maximize"}],
+        search_space=search_space
+        or [
+            {"name": "lr", "float": {"low": 0.001, "high": 0.1, "log": True}},
+            {"name": "layers", "int": {"low": 1, "high": 4}},
+            {"name": "opt", "categorical": {"choices": ["sgd", "adam"]}},
+        ],
+        sampler={"type": "Random", "seed": 3},
+        budget=budget,
+        trial={"maxRetries": max_retries, "result": {"from": result}},
+        container={
+            "name": "trainer",
+            "image": "kubetune-fake-trainer:test",
+            "command": ["python", str(FAKE_TRAINER), *args],
         },
-    }
+    )
 
 
 @dataclass

@@ -21,6 +21,7 @@ import jsonschema
 from celpy import celtypes
 
 from kubetune.crd import open_api_schema
+from support import manifests
 
 _UNSET = object()
 
@@ -132,31 +133,21 @@ DELETE = object()
 def study_manifest() -> dict[str, Any]:
     """A valid TuningStudy touching most of the spec: three parameters (one conditional on a
     categorical), TPE, a Median pruner, a budget and a one-container template."""
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": "demo"},
-        "spec": {
-            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
-            "searchSpace": [
-                {"name": "lr", "float": {"low": 1e-4, "high": 0.1, "log": True}},
-                {"name": "optimizer", "categorical": {"choices": ["sgd", "adam"]}},
-                {
-                    "name": "momentum",
-                    "float": {"low": 0.0, "high": 0.99},
-                    "when": {"param": "optimizer", "in": ["sgd"]},
-                },
-            ],
-            "sampler": {"type": "TPE", "seed": 1},
-            "pruner": {"type": "Median"},
-            "budget": {"maxTrials": 10, "parallelism": 2},
-            "trial": {
-                "template": {
-                    "spec": {"containers": [{"name": "t", "image": "img", "args": ["--x"]}]}
-                }
+    return manifests.study_manifest(
+        search_space=[
+            {"name": "lr", "float": {"low": 1e-4, "high": 0.1, "log": True}},
+            {"name": "optimizer", "categorical": {"choices": ["sgd", "adam"]}},
+            {
+                "name": "momentum",
+                "float": {"low": 0.0, "high": 0.99},
+                "when": {"param": "optimizer", "in": ["sgd"]},
             },
-        },
-    }
+        ],
+        sampler={"type": "TPE", "seed": 1},
+        pruner={"type": "Median"},
+        budget={"maxTrials": 10, "parallelism": 2},
+        container={"name": "t", "image": "img", "args": ["--x"]},
+    )
 
 
 def edited(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from kubetune.observed_job import JobPhase, ObservedJob
 from kubetune.reconcile import Decision, decide
 from kubetune.spec import TuningStudySpec, parse_manifest
 from kubetune.status import LedgerSnapshot, TrialRecord, TrialStateName, TrialUsage
+from support.manifests import study_manifest
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 NS, NAME = "ml", "demo"
@@ -23,17 +24,9 @@ def _spec() -> TuningStudySpec:
         "image": "trainer:1",
         "resources": {"limits": {"nvidia.com/gpu": 2}},
     }
-    manifest = {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": NAME, "namespace": NS},
-        "spec": {
-            "objectives": [{"name": "acc", "direction": "maximize"}],
-            "searchSpace": [{"name": "lr", "float": {"low": 1e-4, "high": 0.1}}],
-            "budget": {"maxTrials": 3, "parallelism": 3},
-            "trial": {"template": {"spec": {"containers": [container]}}},
-        },
-    }
+    manifest = study_manifest(
+        NAME, namespace=NS, budget={"maxTrials": 3, "parallelism": 3}, container=container
+    )
     return parse_manifest(manifest).spec
 
 

@@ -29,6 +29,7 @@ from rich.console import Console
 
 from kubetune.local import INTERRUPTED, LocalRunError, run_local
 from support.hold import SUPPORT_PARENT, Holds, finish, start_python
+from support.manifests import study_manifest
 
 STUB = textwrap.dedent(
     """
@@ -88,45 +89,32 @@ def manifest(
     stub = tmp_path / "stub.py"
     stub.write_text(STUB)
     (tmp_path / "stub-dir").mkdir(exist_ok=True)
-    trial: dict[str, Any] = {
-        "result": {"from": result},
-        "template": {
-            "spec": {
-                "containers": [
-                    container
-                    or {
-                        "name": "trainer",
-                        "image": "stub:1",
-                        "command": ["python", str(stub)],
-                        "args": ["--mode=$(KUBETUNE_PARAM_MODE)"],
-                        "env": [
-                            {"name": "STUB_DIR", "value": str(tmp_path / "stub-dir")},
-                            {"name": "SUPPORT_PARENT", "value": SUPPORT_PARENT},
-                        ],
-                    }
-                ]
-            }
-        },
-    }
+    trial: dict[str, Any] = {"result": {"from": result}}
     if deadline is not None:
         trial["activeDeadlineSeconds"] = deadline
-    doc = {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
-            "searchSpace": [
-                {"name": "mode", "categorical": {"choices": modes}},
-                {"name": "x", "float": {"low": 0.0, "high": 1.0}},
+    doc = study_manifest(
+        name,
+        search_space=[
+            {"name": "mode", "categorical": {"choices": modes}},
+            {"name": "x", "float": {"low": 0.0, "high": 1.0}},
+        ],
+        sampler={"type": "Random", "seed": 1},
+        pruner=pruner or {"type": "None"},
+        budget=budget,
+        enqueue=enqueue if enqueue is not None else [{"mode": m} for m in modes],
+        trial=trial,
+        container=container
+        or {
+            "name": "trainer",
+            "image": "stub:1",
+            "command": ["python", str(stub)],
+            "args": ["--mode=$(KUBETUNE_PARAM_MODE)"],
+            "env": [
+                {"name": "STUB_DIR", "value": str(tmp_path / "stub-dir")},
+                {"name": "SUPPORT_PARENT", "value": SUPPORT_PARENT},
             ],
-            "sampler": {"type": "Random", "seed": 1},
-            "pruner": pruner or {"type": "None"},
-            "budget": budget,
-            "enqueueTrials": enqueue if enqueue is not None else [{"mode": m} for m in modes],
-            "trial": trial,
         },
-    }
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -44,11 +44,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from kubetune._local_plan import normalise_storage_url, trial_command, trial_env
-from kubetune.ledger import Ledger
+from kubetune.ledger import STORAGE_ERRORS, Ledger
 from kubetune.local_study import (
     INTERRUPTED,
     LOCAL_NAMESPACE,
-    STORAGE_ERRORS,
     LocalStudy,
 )
 from kubetune.local_summary import (
@@ -84,7 +83,7 @@ __all__ = [
 #: Seconds between passes while no process ended (heartbeat timeouts, the study deadline).
 RESYNC_SECONDS = 1.0
 _DONE = ("Succeeded", "Failed", "Invalid")
-_OPEN_ERRORS: tuple[type[Exception], ...] = (*STORAGE_ERRORS, ImportError, ValueError, OSError)
+_OPEN_ERRORS: tuple[type[BaseException], ...] = (*STORAGE_ERRORS, ImportError, ValueError)
 
 
 class LocalRunError(RuntimeError):

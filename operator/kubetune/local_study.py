@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import sqlalchemy.exc
 from rich.console import Console
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
 from kubetune._local_plan import trial_command, trial_env
 from kubetune.jobs import job_name
-from kubetune.ledger import Ledger
+from kubetune.ledger import STORAGE_ERRORS, Ledger
 from kubetune.local_trials import TrialProcesses
 from kubetune.reconcile import (
     CreateJob,
@@ -42,7 +41,7 @@ from kubetune.tokens import TokenSigner, generate_key
 if TYPE_CHECKING:
     from kubetune.spec import TuningStudy, TuningStudySpec
 
-__all__ = ["INTERRUPTED", "LOCAL_NAMESPACE", "START_TIME_ATTR", "STORAGE_ERRORS", "LocalStudy"]
+__all__ = ["INTERRUPTED", "LOCAL_NAMESPACE", "START_TIME_ATTR", "LocalStudy"]
 
 #: Study user attr: unix time of the study's first local start (``deadlineSeconds`` counts
 #: from it, across resumed runs).
@@ -50,10 +49,6 @@ START_TIME_ATTR = "kubetune:start_time"
 #: Fail reason for trials stopped by Ctrl-C / SIGTERM (local mode only).
 INTERRUPTED = "Interrupted"
 LOCAL_NAMESPACE = "local"
-STORAGE_ERRORS: tuple[type[Exception], ...] = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.SQLAlchemyError,
-)
 
 
 class LocalStudy:

@@ -19,6 +19,7 @@ from operator_fixtures import optuna_trials, run_operator_thread, wait_state
 
 from harness import Cluster
 from kubetune.local import run_local
+from support.manifests import study_manifest
 
 PARITY_TRAINER = r"""
 import math, sys
@@ -47,40 +48,23 @@ COMPARED_ATTRS = (
 
 
 def parity_manifest(trainer: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningStudy",
-        "metadata": {"name": "parity"},
-        "spec": {
-            "objectives": [{"name": "val_accuracy", "direction": "maximize"}],
-            "searchSpace": [
-                {"name": "lr", "float": {"low": 1.0e-4, "high": 1.0, "log": True}},
-                {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
-            ],
-            "sampler": {"type": "Random", "seed": 7},
-            "pruner": {"type": "Median", "nStartupTrials": 1, "nWarmupSteps": 0},
-            "budget": {"maxTrials": 6, "parallelism": 1},
-            "enqueueTrials": [
-                {"lr": 0.01, "optimizer": "adamw"},  # completes: value 1.0
-                {"lr": 0.5, "optimizer": "sgd"},  # the trainer fails: exit code 3
-                {"lr": 0.0001, "optimizer": "adamw"},  # below the median: pruned at step 0
-            ],
-            "trial": {
-                "result": {"from": "Reporter"},
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "trainer",
-                                "image": "standin:1",
-                                "command": ["python", str(trainer)],
-                            }
-                        ]
-                    }
-                },
-            },
-        },
-    }
+    return study_manifest(
+        "parity",
+        container={"name": "trainer", "image": "standin:1", "command": ["python", str(trainer)]},
+        search_space=[
+            {"name": "lr", "float": {"low": 1.0e-4, "high": 1.0, "log": True}},
+            {"name": "optimizer", "categorical": {"choices": ["sgd", "adamw"]}},
+        ],
+        sampler={"type": "Random", "seed": 7},
+        pruner={"type": "Median", "nStartupTrials": 1, "nWarmupSteps": 0},
+        budget={"maxTrials": 6, "parallelism": 1},
+        enqueue=[
+            {"lr": 0.01, "optimizer": "adamw"},  # completes: value 1.0
+            {"lr": 0.5, "optimizer": "sgd"},  # the trainer fails: exit code 3
+            {"lr": 0.0001, "optimizer": "adamw"},  # below the median: pruned at step 0
+        ],
+        trial={"result": {"from": "Reporter"}},
+    )
 
 
 def ledger_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:

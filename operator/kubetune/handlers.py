@@ -161,30 +161,30 @@ async def trial_pods(**kwargs: Any) -> Any:
     return {(kwargs["namespace"], kwargs["labels"][LABEL_STUDY]): slim(kwargs["body"], ())}
 
 
+def _child_event(kind: str, kwargs: dict[str, Any]) -> None:
+    """A trial Job's or Pod's event: wake its study's loop when it changes what the decision
+    reads (:mod:`kubetune.wakeups`)."""
+    rt = getattr(kwargs["memo"], "runtime", None)
+    state = rt.peek(kwargs["namespace"], kwargs["labels"].get(LABEL_STUDY)) if rt else None
+    if not isinstance(rt, Runtime) or state is None:
+        return
+    name = str(kwargs["name"])
+    if kind == "job":
+        # kopf indexes an event before it calls on.event handlers: from now on the index
+        # knows this Job (or knows it is gone), so a placeholder for it is not needed.
+        state.seen[name] = time.monotonic()
+    if state.wakeups.changed(kind, name, kwargs.get("type"), kwargs["body"]):
+        state.wake.set()
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_STUDY: kopf.PRESENT})
 async def job_event(**kwargs: Any) -> None:
-    rt = getattr(kwargs["memo"], "runtime", None)
-    if isinstance(rt, Runtime):
-        namespace, label = kwargs["namespace"], kwargs["labels"].get(LABEL_STUDY)
-        state = rt.peek(namespace, label)
-        if state is not None:
-            # kopf indexes an event before it calls on.event handlers: from now on the index
-            # knows this Job (or knows it is gone), so a placeholder for it is not needed.
-            name = str(kwargs["name"])
-            state.seen[name] = time.monotonic()
-            if state.wakeups.changed("job", name, kwargs.get("type"), kwargs["body"]):
-                rt.wake(namespace, label)
+    _child_event("job", kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_STUDY: kopf.PRESENT})
 async def pod_event(**kwargs: Any) -> None:
-    rt = getattr(kwargs["memo"], "runtime", None)
-    if isinstance(rt, Runtime):
-        namespace, label = kwargs["namespace"], kwargs["labels"].get(LABEL_STUDY)
-        state = rt.peek(namespace, label)
-        name, kind = str(kwargs["name"]), kwargs.get("type")
-        if state is None or state.wakeups.changed("pod", name, kind, kwargs["body"]):
-            rt.wake(namespace, label)
+    _child_event("pod", kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -25,23 +25,6 @@ from kubetune.status import LedgerSnapshot, TrialRecord, TrialUsage
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-__all__ = [
-    "ATTEMPT_ATTR",
-    "ENQUEUED_ATTR",
-    "FAIL_MESSAGE_ATTR",
-    "FAIL_REASON_ATTR",
-    "HEARTBEAT_ATTR",
-    "JOB_CREATED_ATTR",
-    "REFRESH_SECONDS",
-    "SPEC_HASH_ATTR",
-    "USAGE_ATTR",
-    "StudyCache",
-    "rdb",
-    "read_changes",
-    "record",
-    "snapshot",
-    "stored_usage",
-]
 
 ATTEMPT_ATTR = "kubetune:attempt"
 JOB_CREATED_ATTR = "kubetune:job_created"

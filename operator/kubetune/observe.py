@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 
+from kubetune.jobs import LABEL_TRIAL
 from kubetune.observed_job import ObservedJob, observe_job
 from kubetune.reconcile import ExpectedJob
 from kubetune.runtime import Runtime, StudyState
@@ -99,12 +100,13 @@ def observe_children(
 ) -> Observed:
     """The study's Jobs from the index (only those it owns), and the Jobs created but unseen."""
     pods = list(pods_index.get(key, []))
+    candidates = _PodCandidates(pods)
     observed: list[ObservedJob] = []
     for job in jobs_index.get(key, []):
         owners = (job.get("metadata") or {}).get("ownerReferences") or []
         if uid and not any(o.get("uid") == uid for o in owners):
             continue  # a Job of an earlier TuningStudy with the same name
-        o = observe_job(job, pods)
+        o = observe_job(job, candidates.of(job))
         if o is not None:
             observed.append(o)
     pods_by_job: dict[str, dict[str, Any]] = {}
@@ -114,6 +116,39 @@ def observe_children(
             pods_by_job[jn] = p
     expected = _expectations(state, {o.name for o in observed}, time.monotonic(), wait)
     return Observed(observed, expected, pods_by_job)
+
+
+def _trial_label(obj: Mapping[str, Any]) -> int | None:
+    raw = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TRIAL)
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
+
+
+class _PodCandidates:
+    """The study's pods grouped by their ``job-name`` and trial labels, so that each Job is
+    matched against its own few pods, not all of them: with the finished Jobs and Pods kept
+    (``ttlSecondsAfterFinished``), matching every pod for every Job made a pass quadratic,
+    0.6 s at 1,000 Jobs and a minute at 10,000 (benchmarks/README.md, large_study).
+    ``observe_job`` still picks the pods that are the Job's own among these."""
+
+    def __init__(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        self._pods = pods
+        self._by_name: dict[str, list[int]] = {}
+        self._by_trial: dict[int, list[int]] = {}
+        for i, p in enumerate(pods):
+            name = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
+            if isinstance(name, str):
+                self._by_name.setdefault(name, []).append(i)
+            trial = _trial_label(p)
+            if trial is not None:
+                self._by_trial.setdefault(trial, []).append(i)
+
+    def of(self, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """Every pod that may be the Job's, in the index's order (the last pod seen wins)."""
+        name = str((job.get("metadata") or {}).get("name", ""))
+        trial = _trial_label(job)
+        found = set(self._by_name.get(name, ()))
+        found.update(self._by_trial.get(trial, ()) if trial is not None else ())
+        return [self._pods[i] for i in sorted(found)]
 
 
 def _expectations(

@@ -12,6 +12,7 @@ savedByPruning), ``startTime``, ``completionTime``, ``optunaStudyName``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -85,10 +86,16 @@ class LedgerSnapshot:
     usage: Mapping[int, TrialUsage] = field(default_factory=dict)
 
     def trial(self, number: int) -> TrialRecord | None:
+        return self._by_number.get(number)
+
+    @functools.cached_property
+    def _by_number(self) -> dict[int, TrialRecord]:
+        """Built once per snapshot: the shell looks a trial up for every Job it observes, and
+        a scan per lookup made a pass cost Jobs x trials. The first record of a number wins."""
+        out: dict[int, TrialRecord] = {}
         for t in self.trials:
-            if t.number == number:
-                return t
-        return None
+            out.setdefault(t.number, t)
+        return out
 
 
 def last_progress(ledger: LedgerSnapshot) -> float | None:
@@ -206,14 +213,23 @@ def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -
 
 
 def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
-    """Non-dominated complete trials, by number."""
+    """Non-dominated complete trials, by number.
+
+    Sorted by their signed values, a trial can only be dominated by one before it, and if it
+    is dominated at all, then by a member of the front: each trial is compared with the front
+    found so far, newest member first (the likeliest to dominate it), not with every trial.
+    Comparing all pairs took 17 s per reconcile pass for a two-objective study of 10,000
+    trials (benchmarks/README.md, large_study).
+    """
     signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
     done = _completed(trials, len(directions))
-    front = [
-        t
-        for t in done
-        if not any(_dominates(o.values or (), t.values or (), signs) for o in done if o is not t)
-    ]
+    keyed = sorted(
+        done, key=lambda t: tuple(s * v for s, v in zip(signs, t.values or (), strict=True))
+    )
+    front: list[TrialRecord] = []
+    for t in keyed:
+        if not any(_dominates(f.values or (), t.values or (), signs) for f in reversed(front)):
+            front.append(t)
     return sorted(front, key=lambda t: t.number)
 
 

@@ -183,3 +183,52 @@ def test_last_progress_is_the_newest_start_finish_or_heartbeat() -> None:
         == (NOW - timedelta(hours=2)).timestamp()
     )
     assert last_progress(LedgerSnapshot("s", (TrialRecord(0, "WAITING"),))) is None
+
+
+def _front_by_every_pair(trials: list[TrialRecord], directions: list[str]) -> list[int]:
+    """The definition, compared pair by pair (what pareto_front computed before)."""
+    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
+    done = [t for t in trials if t.state == "COMPLETE" and t.values is not None]
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        pairs = list(zip(a, b, strict=True))
+        return all(s * x <= s * y for s, (x, y) in zip(signs, pairs, strict=True)) and any(
+            s * x < s * y for s, (x, y) in zip(signs, pairs, strict=True)
+        )
+
+    return [
+        t.number
+        for t in done
+        if not any(dominates(o.values or (), t.values or ()) for o in done if o is not t)
+    ]
+
+
+@pytest.mark.parametrize(
+    "directions",
+    [["minimize", "minimize"], ["maximize", "minimize"], ["maximize", "minimize", "maximize"]],
+)
+@pytest.mark.parametrize("seed", range(20))
+def test_pareto_front_is_the_definition_with_ties_and_duplicates(
+    directions: list[str], seed: int
+) -> None:
+    """Values from a small grid, so ties and duplicate points are common; a duplicate of a
+    front point is on the front too (neither dominates the other)."""
+    import random
+
+    rng = random.Random(seed)
+    trials = [
+        rec(n, "COMPLETE", *(float(rng.randint(0, 4)) for _ in directions))
+        for n in rng.sample(range(200), 60)
+    ]
+    trials += [rec(300, "PRUNED"), rec(301, "COMPLETE", *([float("inf")] * len(directions)))]
+    found = [t.number for t in pareto_front(trials, directions)]
+    assert found == sorted(_front_by_every_pair(trials[:-1], directions))
+
+
+def test_a_snapshot_finds_trials_by_number_and_stays_a_plain_value() -> None:
+    trials = (rec(2, "COMPLETE", 0.5), rec(0, "RUNNING"), rec(2, "FAIL"))
+    snap = LedgerSnapshot("s", trials)
+    assert snap.trial(0) is trials[1]
+    assert snap.trial(2) is trials[0]  # the first record of a number, as the scan found
+    assert snap.trial(7) is None
+    assert snap == LedgerSnapshot("s", trials)  # the lookup table is not part of the value

@@ -530,7 +530,7 @@ def status_point(trials: int, objectives: int, repeats: int) -> dict[str, Any]:
         "largest_field": max(status, key=lambda k: len(json.dumps(status[k]))),
         "pareto_listed": len(status.get("paretoFront") or []),
         "best_value": status.get("bestValue"),
-        "decide_p50_ms": round(percentile(times, 50), 1),
+        "decide_p50_ms": round(percentile(times, 50), 2),
         "decide_runs": repeats,
         "target_met": size <= STATUS_TARGET_BYTES,
     }

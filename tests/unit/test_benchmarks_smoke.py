@@ -165,6 +165,24 @@ def test_ledger_snapshot_smoke(fresh_database: str, tmp_path: Path) -> None:
             assert point[f"{pass_kind}_{read}_p50_ms"] > 0
 
 
+def test_large_study_smoke(fresh_database: str, tmp_path: Path) -> None:
+    from benchmarks import large_study
+
+    large_study.main(["--smoke", "--out", str(tmp_path)], url=fresh_database)
+    result = _written(tmp_path, "large_study")
+    (point,) = result["points"]
+    assert point["finished"] == 50 and point["window"] == 4 and point["passes_per_trial"] == 3
+    assert point["raw_p50_ms"] > 0 and point["operator_p50_ms"] > 0 and point["ratio"] > 0
+    assert point["jobs_in_index"] == 50 + 8 + 3 + 4  # finished, slots, warm-up, window
+    assert {"observe", "snapshot", "decide", "ask", "mark_job_created"} <= set(
+        point["steps_ms_per_trial"]
+    )
+    assert {(s["trials"], s["objectives"]) for s in result["status"]} == {(1000, 1), (1000, 2)}
+    for status in result["status"]:
+        assert status["status_bytes"] > 0 and status["decide_p50_ms"] > 0
+    assert result["summary"]["status 2 objectives"]["points"]["1000"]["pareto_listed"] == 20
+
+
 def test_run_all_writes_the_summary(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

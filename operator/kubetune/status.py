@@ -218,8 +218,10 @@ def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> li
     Sorted by their signed values, a trial can only be dominated by one before it, and if it
     is dominated at all, then by a member of the front: each trial is compared with the front
     found so far, newest member first (the likeliest to dominate it), not with every trial.
-    Comparing all pairs took 17 s per reconcile pass for a two-objective study of 10,000
-    trials (benchmarks/README.md, large_study).
+    With two objectives the newest member alone decides: along the front the first value
+    rises and the second falls, so the newest has the lowest second value of all. Comparing
+    all pairs took 5.4 s of CPU per pass for a two-objective study of 10,000 trials
+    (benchmarks/README.md, large_study).
     """
     signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
     done = _completed(trials, len(directions))
@@ -228,7 +230,8 @@ def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> li
     )
     front: list[TrialRecord] = []
     for t in keyed:
-        if not any(_dominates(f.values or (), t.values or (), signs) for f in reversed(front)):
+        rivals = front[-1:] if len(signs) == 2 else reversed(front)
+        if not any(_dominates(f.values or (), t.values or (), signs) for f in rivals):
             front.append(t)
     return sorted(front, key=lambda t: t.number)
 

@@ -232,3 +232,14 @@ def test_a_snapshot_finds_trials_by_number_and_stays_a_plain_value() -> None:
     assert snap.trial(2) is trials[0]  # the first record of a number, as the scan found
     assert snap.trial(7) is None
     assert snap == LedgerSnapshot("s", trials)  # the lookup table is not part of the value
+
+
+def test_pareto_front_of_a_trade_off_keeps_duplicates_and_drops_near_misses() -> None:
+    """Two objectives along a trade-off: each near miss is dominated only by its neighbour on
+    the front, and a duplicate of a front point is on the front too."""
+    trials = [rec(i, "COMPLETE", float(i), 10.0 - i) for i in range(11)]
+    trials += [rec(20 + i, "COMPLETE", i + 0.5, 10.0 - i) for i in range(10)]  # near misses
+    trials += [rec(40, "COMPLETE", 3.0, 7.0), rec(41, "COMPLETE", 3.0, 7.5)]  # a twin, a miss
+    found = [t.number for t in pareto_front(trials, ["minimize", "minimize"])]
+    assert found == [*range(11), 40]
+    assert found == sorted(_front_by_every_pair(trials, ["minimize", "minimize"]))

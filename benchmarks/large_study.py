@@ -15,7 +15,8 @@ slope of its own. Two measures, both in-process against the harness's PostgreSQL
      ``Ledger.ask``, ``jobs.render_job``, ``Ledger.mark_job_created``), then idle passes. How
      many passes one trial causes is an assumption (``--passes``, default 3: the acting pass,
      the pass the loop runs at once after acting, one woken by the trial's watch events; on a
-     quiet cluster each of the ~6.5 Job and Pod events per trial can wake one, see the README).
+     quiet cluster each event that changes what the decision reads can wake one, see
+     ``kubetune.wakeups`` and the README).
      The finished Jobs and their Pods stay in the indexes (``ttlSecondsAfterFinished`` longer
      than the study, the worst case; ``--jobs-kept none`` drops them).
 
@@ -303,24 +304,22 @@ def _pass(op: _Operator) -> Any:
 
 
 def _apply(op: _Operator, decision: Any) -> None:
-    """``kubetune.apply.apply_decision``'s order: usage, tells, then each launch's ask, Job
-    and mark. Any other action means the benchmark's world is wrong: it stops."""
+    """``kubetune.apply.apply_decision``'s order (the decision's): usage, steps (the tells),
+    then each launch's ask, Job and mark. Any other step means the benchmark's world is
+    wrong: it stops."""
     from kubetune.jobs import render_job
-    from kubetune.reconcile import LaunchTrials, RecordUsage, Tell
+    from kubetune.reconcile import Tell
 
-    actions = decision.actions
-    unexpected = [a for a in actions if not isinstance(a, RecordUsage | Tell | LaunchTrials)]
+    unexpected = [a for a in decision.steps if not isinstance(a, Tell)]
     if unexpected:
         raise RuntimeError(f"unexpected actions in the benchmark: {unexpected}")
     t = time.perf_counter()
-    usage = [a for a in actions if isinstance(a, RecordUsage)]
-    if usage:
-        op.ledger.record_usage(op.study, usage)
-    for a in actions:
-        if isinstance(a, Tell):
-            op.ledger.tell(op.study, a.trial, a.state, a.values, reason=a.reason)
+    if decision.usage:
+        op.ledger.record_usage(op.study, decision.usage)
+    for a in decision.steps:
+        op.ledger.tell(op.study, a.trial, a.state, a.values, reason=a.reason)
     t = op.timed("settle_and_tell", t)
-    for _ in range(sum(a.count for a in actions if isinstance(a, LaunchTrials))):
+    for _ in range(decision.launches):
         number, params = op.ledger.ask(op.study, op.spec)
         t = op.timed("ask", t)
         manifest = render_job(
@@ -342,15 +341,14 @@ def _apply(op: _Operator, decision: Any) -> None:
 
 def _operator_trial(op: _Operator, passes: int) -> tuple[float, float]:
     """One trial's Job completes; the passes it causes run. Returns (wall s, CPU s)."""
-    from kubetune.reconcile import LaunchTrials, Tell
+    from kubetune.reconcile import Tell
 
     number = op.world.complete()
     wall, cpu = time.perf_counter(), time.thread_time()
     decision = _pass(op)
     told = [a.trial for a in decision.actions if isinstance(a, Tell)]
-    launched = sum(a.count for a in decision.actions if isinstance(a, LaunchTrials))
-    if told != [number] or launched != 1:
-        raise RuntimeError(f"trial {number}: told {told}, launched {launched}")
+    if told != [number] or decision.launches != 1:
+        raise RuntimeError(f"trial {number}: told {told}, launched {decision.launches}")
     _apply(op, decision)
     for _ in range(passes - 1):
         idle = _pass(op)

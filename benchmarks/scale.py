@@ -15,7 +15,8 @@ N x M trial Jobs running at once. Then:
 Sampled all along: the operator's RSS (/proc), client connections to the study database
 (``pg_stat_activity``); the proxy's log of the operator's API requests (rate, per trial, 429s);
 at the end the operator's ``kubetune_reconcile_duration_seconds`` histogram and the CPU each
-process used. Targets: RSS <= 300 MiB, <= 10 DB connections, no study starved.
+process used. Targets: RSS <= 300 MiB, <= 10 DB connections, no study starved, no 429 from
+the apiserver.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -52,20 +54,51 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 class Sampler(threading.Thread):
-    """Samples operator RSS and DB connections every ``interval`` seconds."""
+    """Samples operator RSS and DB connections every ``interval`` seconds.
 
-    def __init__(self, bench: Any, interval: float = 0.5) -> None:
+    Every ``every`` seconds it also keeps one ``(seconds, RSS MiB, DB connections, Jobs
+    created)`` point in ``series`` and prints it, so a long point that runs out of time still
+    says how far it got and what it cost on the way.
+    """
+
+    def __init__(
+        self,
+        bench: Any,
+        interval: float = 0.5,
+        *,
+        every: float = 30.0,
+        created: Any = None,
+    ) -> None:
         super().__init__(daemon=True, name="scale-sampler")
         self.bench = bench
         self.interval = interval
+        self.every = every
+        self.created = created
         self.rss: list[float] = []
         self.conns: list[int] = []
+        self.series: list[tuple[float, float, int, int]] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
+        started = next_point = time.perf_counter()
         while not self._halt.is_set():
             self.sample()
+            now = time.perf_counter()
+            if self.created is not None and now >= next_point:
+                next_point = now + self.every
+                self.point(now - started)
             self._halt.wait(self.interval)
+
+    def point(self, seconds: float) -> None:
+        rss = self.rss[-1] if self.rss else math.nan
+        conns = self.conns[-1] if self.conns else 0
+        made = int(self.created())
+        self.series.append((round(seconds, 1), round(rss, 1), conns, made))
+        print(
+            f"    t={seconds:5.0f} s: {made} Jobs created, RSS {rss:.0f} MiB "
+            f"(max {max(self.rss, default=math.nan):.0f}), DB conns {conns}",
+            flush=True,
+        )
 
     def sample(self) -> None:
         rss = self.bench.operator_rss_mib()
@@ -135,7 +168,11 @@ def run_point(
     rest: float = 5.0,
     sampler: str = "Random",
     cluster: Any = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
+    """One point. ``timeout`` bounds each wait (fill, every study progressed, refill);
+    ``deadline``, if given, bounds them all together, counted from the first study's creation:
+    past it the point stops waiting and records how far it got (``reached``)."""
     from benchmarks import _cluster
 
     names = [f"scale-{i:03d}" for i in range(studies)]
@@ -145,25 +182,34 @@ def run_point(
         time.sleep(rest)
         rss_rest_before = bench.operator_rss_mib()
         metrics_before = _cluster.scrape(bench)
-        probe = Sampler(bench)
-        probe.start()
+
+        def created() -> int:
+            return sum(bench.timeline.created_count(bench.study_key(n)) for n in names)
+
+        probe = Sampler(bench, created=created)
         assert bench.operator is not None
         op_cpu0, own_cpu0 = _cluster.cpu_seconds(bench.operator.pid), time.process_time()
         plane_cpu0 = bench.control_plane_cpu_seconds()
         requests0 = bench.api_requests()
         started = time.perf_counter()
+        probe.start()
         for name in names:
             bench.create_study(_manifest(name, running, sampler))
 
-        def created() -> int:
-            return sum(bench.timeline.created_count(bench.study_key(n)) for n in names)
+        def budget() -> float:
+            if deadline is None:
+                return timeout
+            return max(0.0, min(timeout, started + deadline - time.perf_counter()))
 
-        filled = _cluster.wait_until(lambda: created() >= total, timeout, 0.1)
+        filled = _cluster.wait_until(lambda: created() >= total, budget(), 0.1)
         fill_seconds = time.perf_counter() - started
         requests_fill = bench.api_requests() - requests0
         rss_full = bench.operator_rss_mib()
+        rss_fill_max = max(probe.rss, default=math.nan)
+        conns_fill_max = max(probe.conns, default=0)
         admit_started = time.perf_counter()
-        _admit(bench, _round_robin(_suspended_jobs(bench)))
+        if filled or budget() > 0:
+            _admit(bench, _round_robin(_suspended_jobs(bench)))
         admit_patch_seconds = time.perf_counter() - admit_started
         progress_at: dict[str, float] = {}
 
@@ -174,8 +220,8 @@ def run_point(
                         progress_at[n] = time.perf_counter() - admit_started
             return len(progress_at) == len(names)
 
-        all_progressed = _cluster.wait_until(progressed, timeout, 0.5)
-        refilled = _cluster.wait_until(lambda: created() >= 2 * total, timeout, 0.2)
+        all_progressed = _cluster.wait_until(progressed, budget(), 0.5)
+        refilled = _cluster.wait_until(lambda: created() >= 2 * total, budget(), 0.2)
         admit_seconds = time.perf_counter() - admit_started
         wall = time.perf_counter() - started
         op_cpu = _cluster.cpu_seconds(bench.operator.pid) - op_cpu0
@@ -206,6 +252,16 @@ def run_point(
         "running_per_study": running,
         "jobs_running_at_peak": total,
         "sampler": sampler,
+        "deadline_seconds": deadline,
+        "reached": _reached(
+            filled=filled,
+            progressed=all_progressed,
+            refilled=refilled,
+            made=made,
+            told=told,
+            total=total,
+            short=len(starved),
+        ),
         "filled": filled,
         "fill_seconds": fill_seconds,
         "all_progressed": all_progressed,
@@ -236,6 +292,9 @@ def run_point(
         "finished_max": max(finished.values(), default=0),
         "rss_mib_baseline": rss_rest_before,
         "rss_mib_full": rss_full,
+        "rss_mib_max_before_admit": rss_fill_max,
+        "db_connections_max_before_admit": conns_fill_max,
+        "series_seconds_rss_conns_jobs": probe.series,
         "rss_mib_max": max(probe.rss, default=math.nan),
         "rss_mib_rest_after": rss_rest_after,
         "db_connections_max": max(probe.conns, default=0),
@@ -246,9 +305,30 @@ def run_point(
     }
 
 
-def run(size: str, pg: Any = None, out: Path | None = None, cluster: Any = None) -> dict[str, Any]:
+def _reached(
+    *, filled: bool, progressed: bool, refilled: bool, made: int, told: int, total: int, short: int
+) -> str:
+    """How far a point got, in words: all of it, or where it stopped."""
+    if filled and progressed and refilled:
+        return "complete"
+    if not filled:
+        return f"stopped while filling: {made} of {total} Jobs created"
+    return (
+        f"stopped after admission: {told} of {total} results told, {made} of {2 * total} Jobs "
+        f"created, {short} studies short of their first wave's results"
+    )
+
+
+def run(
+    size: str,
+    pg: Any = None,
+    out: Path | None = None,
+    cluster: Any = None,
+    deadline: float | None = None,
+) -> dict[str, Any]:
     """Run at ``size``; ``pg`` is a running ``PostgresServer`` to reuse (else one is started),
-    ``cluster`` the tests' running cluster (else each point starts a control plane of its own).
+    ``cluster`` the tests' running cluster (else each point starts a control plane of its own),
+    ``deadline`` the seconds each point may take from its first study on (see ``run_point``).
 
     With ``out``, each finished point is also saved to ``<out>/scale-partial.json`` at once, so
     a long full run that is stopped keeps the points it measured.
@@ -269,10 +349,20 @@ def run(size: str, pg: Any = None, out: Path | None = None, cluster: Any = None)
             operator=_cluster.OPERATOR_SETUP,
             control_plane_qps=_cluster.CONTROL_PLANE_QPS if cluster is None else None,
             queue_name=QUEUE,
+            deadline_seconds_per_point=deadline,
         )
         print_conditions(info)
         for studies, running in cfg["points"]:
-            row = run_point(pg, studies, running, cfg["timeout"], rest=cfg["rest"], cluster=cluster)
+            row = run_point(
+                pg,
+                studies,
+                running,
+                cfg["timeout"],
+                rest=cfg["rest"],
+                cluster=cluster,
+                deadline=deadline,
+            )
+            row["load_average_1m_5m_at_end"] = [round(x, 2) for x in os.getloadavg()[:2]]
             rows.append(row)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
@@ -291,6 +381,8 @@ def run(size: str, pg: Any = None, out: Path | None = None, cluster: Any = None)
                 f"{1000 * row['reconcile_seconds']['p99']:.0f} ms",
                 flush=True,
             )
+            if row["reached"] != "complete":
+                print(f"  {studies} x {running}: {row['reached']}", flush=True)
             if not row["operator_alive"]:
                 print("Operator died; log tail:\n" + row["operator_log_tail"])
     finally:
@@ -302,8 +394,9 @@ def run(size: str, pg: Any = None, out: Path | None = None, cluster: Any = None)
             and row["db_connections_max"] <= 10
             and not row["starved"]
             and row["refilled"]
+            and row["api_429"] == 0
         )
-    print("\nScale (targets: RSS <= 300 MiB, <= 10 DB connections, no study starved):")
+    print("\nScale (targets: RSS <= 300 MiB, <= 10 DB connections, no study starved, no 429):")
     print_table(
         [
             "studies x running",
@@ -360,10 +453,15 @@ def run(size: str, pg: Any = None, out: Path | None = None, cluster: Any = None)
                 "reconcile_p99_ms": 1000 * r["reconcile_seconds"]["p99"],
                 "starved": len(r["starved"]),
                 "target_met": r["target_met"],
+                "reached": r["reached"],
+                "jobs_created": r["jobs_created"],
+                "trials_told": r["trials_told"],
+                "rss_mib_max_before_admit": r["rss_mib_max_before_admit"],
+                "load_average_1m_5m_at_end": r["load_average_1m_5m_at_end"],
             }
             for r in rows
         },
-        "target": "RSS <= 300 MiB, <= 10 DB connections, no study starved",
+        "target": "RSS <= 300 MiB, <= 10 DB connections, no study starved, no 429",
     }
 
 
@@ -374,6 +472,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--points",
         help="override the (studies x running) points, e.g. 10x50,30x50",
     )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds each point may run from its first study on; past it the point stops "
+        "waiting and records how far it got",
+    )
     args = p.parse_args(argv)
     size = size_name(args)
     if args.points:
@@ -381,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         SIZES[size]["points"] = [
             tuple(int(v) for v in item.split("x")) for item in args.points.split(",")
         ]
-    result = run(size, out=args.out)
+    result = run(size, out=args.out, deadline=args.deadline)
     path = write_result(args.out, NAME, result)
     print(f"\nResult written to {path}")
     return result

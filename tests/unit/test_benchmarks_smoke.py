@@ -125,6 +125,59 @@ def test_scale_admits_round_robin_across_studies() -> None:
     assert _round_robin(jobs) == [("ns", "a-0"), ("ns", "b-0"), ("ns", "a-1"), ("ns", "a-2")]
 
 
+def test_scale_says_how_far_a_point_got() -> None:
+    from benchmarks.scale import _reached
+
+    args = {"made": 10, "told": 0, "total": 10, "short": 2}
+    assert _reached(filled=True, progressed=True, refilled=True, **args) == "complete"
+    assert _reached(filled=False, progressed=False, refilled=False, **{**args, "made": 7}) == (
+        "stopped while filling: 7 of 10 Jobs created"
+    )
+    assert _reached(filled=True, progressed=False, refilled=False, **{**args, "told": 4}) == (
+        "stopped after admission: 4 of 10 results told, 10 of 20 Jobs created, 2 studies "
+        "short of their first wave's results"
+    )
+
+
+def _run_all_module() -> Any:
+    import importlib.machinery
+    import types
+
+    loader = importlib.machinery.SourceFileLoader("run_all", str(REPO / "benchmarks" / "run_all"))
+    module = types.ModuleType(loader.name)
+    module.__file__ = loader.path
+    loader.exec_module(module)
+    return module
+
+
+def test_run_all_adds_scale_points_beside_the_others() -> None:
+    run_all = _run_all_module()
+    point = {"rss_mib_max": 150.0, "starved": 0, "target_met": True}
+    old = {"exit_code": 0, "size": "short", "conditions": {"date": "a"}, "summary": {"3x10": point}}
+    far = {**point, "rss_mib_max": 400.0, "target_met": False, "reached": "stopped while x"}
+    new = {
+        "exit_code": 0,
+        "size": "full",
+        "wall_seconds": 9.0,
+        "conditions": {"date": "b"},
+        "summary": {"100x50": far},
+    }
+    merged = run_all._merge_points(old, new)
+    assert merged["conditions"] == {"date": "a"} and merged["size"] == "short"
+    assert merged["summary"]["3x10"] == point
+    assert merged["summary"]["100x50"]["conditions"] == {"date": "b"}
+    assert merged["summary"]["100x50"]["size"] == "full"
+    # A failed run leaves the entry as it was; with no entry before, the run's own is kept.
+    assert run_all._merge_points(old, {**new, "exit_code": 1}) is old
+    assert run_all._merge_points(None, new) is new
+    table = run_all.markdown_table({"benchmarks": {"scale": merged}})
+    row_3x10, row_100x50 = (line for line in table.splitlines() if "Scale" in line)
+    assert "(full)" not in row_3x10 and row_3x10.endswith("| met |")
+    assert "100 studies x 50 running *(full)*" in row_100x50
+    assert "**not finished** (stopped while x)" in row_100x50
+    assert row_100x50.endswith("| **missed** |")
+
+
 # ---- the benchmarks, smallest size ----------------------------------------------------------
 
 

@@ -67,6 +67,13 @@ NODE_PODS = 20000
 #: 20/30 and 50/100 requests/s). At the default the Job controller, not the operator, paces a
 #: benchmark of hundreds of zero-work trials. 0 keeps the defaults.
 CONTROL_PLANE_QPS = int(os.environ.get("KUBETUNE_BENCH_CONTROL_PLANE_QPS", "200"))
+#: Who the operator is to the apiserver: ``admin`` (the cluster-admin certificate, group
+#: ``system:masters``, which API priority and fairness exempts: it can never be answered 429)
+#: or ``serviceaccount`` (a ServiceAccount token bound to ``cluster-admin``: RBAC allows the
+#: same, but its requests are queued and limited as a deployed operator's are, priority level
+#: ``workload-low``). Only a benchmark's own control plane honours it.
+OPERATOR_IDENTITY = os.environ.get("KUBETUNE_BENCH_OPERATOR_IDENTITY", "admin")
+BENCH_SERVICE_ACCOUNT = "kubetune-bench"
 
 #: How the operator benchmarks run the operator, printed with their conditions.
 OPERATOR_SETUP = (
@@ -462,7 +469,8 @@ def real_cluster(
                 kubelet = Kubelet(api, workdir / "kubelet", plane.folder / "pki", pods=NODE_PODS)
                 kubelet.start()
                 stack.callback(kubelet.stop)
-                kubeconfig = write_kubeconfig(workdir / "kubeconfig.yaml", proxy.url)
+                token = _service_account_token(plane) if OPERATOR_IDENTITY != "admin" else None
+                kubeconfig = write_kubeconfig(workdir / "kubeconfig.yaml", proxy.url, token=token)
             else:
                 plane, api, kubelet = cluster.plane, cluster.api, cluster.kubelet
                 proxy, kubeconfig = cluster.proxy, cluster.kubeconfig
@@ -485,6 +493,54 @@ def real_cluster(
                 server.drop_database(bench.database)
         if not os.environ.get("KUBETUNE_BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _service_account_token(plane: ControlPlane) -> str:
+    """A token of a ServiceAccount bound to ``cluster-admin`` (see ``OPERATOR_IDENTITY``)."""
+    if OPERATOR_IDENTITY != "serviceaccount":
+        raise ValueError(f"KUBETUNE_BENCH_OPERATOR_IDENTITY={OPERATOR_IDENTITY!r}")
+    sa = BENCH_SERVICE_ACCOUNT
+    plane.kubectl("create", "serviceaccount", sa, "-n", "default")
+    plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        sa,
+        "--clusterrole=cluster-admin",
+        f"--serviceaccount=default:{sa}",
+    )
+    return plane.kubectl("create", "token", sa, "-n", "default", "--duration=4h").strip()
+
+
+def flowcontrol(bench: Bench) -> dict[str, dict[str, float]]:
+    """The apiserver's API priority and fairness counters per priority level: requests
+    dispatched and rejected (a rejection is a 429), summed over flow schemas and reasons."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = bench.plane.kubectl("get", "--raw", "/metrics", check=False)
+    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    wanted = {
+        "apiserver_flowcontrol_dispatched_requests": "dispatched",
+        "apiserver_flowcontrol_rejected_requests": "rejected",
+    }
+    with contextlib.suppress(ValueError):
+        for family in text_string_to_metric_families(text):
+            key = wanted.get(family.name)
+            for sample in family.samples if key else ():
+                if sample.name.endswith("_total"):
+                    out[sample.labels.get("priority_level", "?")][key] += sample.value
+    return {level: dict(v) for level, v in out.items()}
+
+
+def flowcontrol_delta(
+    before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
+    """``after - before`` per priority level and counter; levels with nothing new are left out."""
+    out: dict[str, dict[str, float]] = {}
+    for level, counts in after.items():
+        delta = {k: v - before.get(level, {}).get(k, 0.0) for k, v in counts.items()}
+        if any(delta.values()):
+            out[level] = delta
+    return out
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

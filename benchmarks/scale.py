@@ -190,6 +190,7 @@ def run_point(
         assert bench.operator is not None
         op_cpu0, own_cpu0 = _cluster.cpu_seconds(bench.operator.pid), time.process_time()
         plane_cpu0 = bench.control_plane_cpu_seconds()
+        flow0 = _cluster.flowcontrol(bench)
         requests0 = bench.api_requests()
         started = time.perf_counter()
         probe.start()
@@ -229,6 +230,7 @@ def run_point(
         plane_cpu1 = bench.control_plane_cpu_seconds()
         requests = bench.api_requests() - requests0
         request_counts = bench.api_request_counts(requests0)
+        flow = _cluster.flowcontrol_delta(flow0, _cluster.flowcontrol(bench))
         time.sleep(rest)
         probe.stop()
         rss_rest_after = bench.operator_rss_mib()
@@ -285,6 +287,8 @@ def run_point(
         "api_requests_per_trial": requests / made if made else math.nan,
         "api_request_counts": request_counts,
         "api_429": request_counts.get("status 429", 0),
+        # Everyone's requests (operator, control plane, benchmark) per priority level.
+        "apiserver_flowcontrol": flow,
         "study_progress_seconds_p50": percentile(progress_times, 50),
         "study_progress_seconds_max": max(progress_times, default=math.nan),
         "starved": starved,
@@ -350,6 +354,7 @@ def run(
             control_plane_qps=_cluster.CONTROL_PLANE_QPS if cluster is None else None,
             queue_name=QUEUE,
             deadline_seconds_per_point=deadline,
+            operator_identity=_cluster.OPERATOR_IDENTITY if cluster is None else "admin",
         )
         print_conditions(info)
         for studies, running in cfg["points"]:
@@ -458,6 +463,9 @@ def run(
                 "trials_told": r["trials_told"],
                 "rss_mib_max_before_admit": r["rss_mib_max_before_admit"],
                 "load_average_1m_5m_at_end": r["load_average_1m_5m_at_end"],
+                "apiserver_rejected": sum(
+                    v.get("rejected", 0) for v in r["apiserver_flowcontrol"].values()
+                ),
             }
             for r in rows
         },

@@ -139,6 +139,21 @@ def test_scale_says_how_far_a_point_got() -> None:
     )
 
 
+def test_flowcontrol_delta_keeps_what_changed_per_priority_level() -> None:
+    from benchmarks import _cluster
+
+    before = {"exempt": {"dispatched": 10.0}, "workload-low": {"dispatched": 5.0}}
+    after = {
+        "exempt": {"dispatched": 10.0},
+        "workload-low": {"dispatched": 9.0, "rejected": 2.0},
+        "global-default": {"dispatched": 1.0},
+    }
+    assert _cluster.flowcontrol_delta(before, after) == {
+        "workload-low": {"dispatched": 4.0, "rejected": 2.0},
+        "global-default": {"dispatched": 1.0},
+    }
+
+
 def _run_all_module() -> Any:
     import importlib.machinery
     import types

@@ -618,9 +618,19 @@ def run_study(
 
 
 def metrics_port(bench: Bench) -> int | None:
-    """The operator's metrics port, from its start-up log line (``ports={'metrics': N, ...}``)."""
-    match = re.search(r"ports=\{[^}]*'metrics': (\d+)", bench.log_tail(10**7))
-    return int(match.group(1)) if match else None
+    """The operator's metrics port, from its start-up log line (``ports={'metrics': N, ...}``).
+
+    Read from the start of the log: at 100 x 50 the log passed 10 MB and a read of its tail
+    no longer held the line, so the final scrape (the reconcile histogram) came back empty.
+    """
+    if bench.operator_log is None or not bench.operator_log.exists():
+        return None
+    with bench.operator_log.open(errors="replace") as log:
+        for line in log:
+            match = re.search(r"ports=\{[^}]*'metrics': (\d+)", line)
+            if match:
+                return int(match.group(1))
+    return None
 
 
 def scrape(bench: Bench) -> str:
@@ -661,6 +671,8 @@ def histogram(text: str, name: str, minus: str | None = None) -> dict[str, Any]:
     two scrapes counts.
     """
     buckets, total, count = _histogram_series(text, name)
+    if minus and not count:  # no scrape now: nothing to subtract from (not a negative count)
+        minus = None
     if minus:
         old_buckets, old_total, old_count = _histogram_series(minus, name)
         buckets = defaultdict(float, {e: v - old_buckets.get(e, 0.0) for e, v in buckets.items()})

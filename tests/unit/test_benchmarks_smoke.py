@@ -139,6 +139,33 @@ def test_scale_says_how_far_a_point_got() -> None:
     )
 
 
+def test_metrics_port_comes_from_the_start_of_a_long_log(tmp_path: Path) -> None:
+    """At 100 x 50 the operator's log passed 10 MB: the port must still be found, and a
+    failed final scrape must not subtract into negative counts."""
+    from types import SimpleNamespace
+
+    from benchmarks import _cluster
+
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        out.write("[t] kubetune.operator [INFO] Started ports={'metrics': 41234, 'report': 5}\n")
+        out.write("[t] kopf.objects [INFO] [default/s-1] Handler 'job_event' succeeded\n" * 160_000)
+    assert log.stat().st_size > 10**7
+    assert _cluster.metrics_port(SimpleNamespace(operator_log=log)) == 41234
+    assert _cluster.metrics_port(SimpleNamespace(operator_log=tmp_path / "none")) is None
+    before = "\n".join(
+        [
+            "# TYPE h histogram",
+            'h_bucket{le="1.0"} 4',
+            'h_bucket{le="+Inf"} 4',
+            "h_sum 2",
+            "h_count 4",
+        ]
+    )
+    lost = _cluster.histogram("", "h", minus=before)
+    assert lost["count"] == 0 and math.isnan(lost["p50"])
+
+
 def test_flowcontrol_delta_keeps_what_changed_per_priority_level() -> None:
     from benchmarks import _cluster
 

@@ -40,10 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._common import REPO, rss_mib
-
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
-
 from harness.cluster import ClusterApi, install_crds
 from harness.control_plane import ControlPlane
 from harness.kube import KubeApi

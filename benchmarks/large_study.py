@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ import optuna
 from optuna.storages._rdb.storage import _create_scoped_session
 
 from benchmarks._common import (
-    REPO,
     conditions,
     parser,
     percentile,
@@ -55,9 +53,6 @@ from benchmarks._common import (
     verdict,
     write_result,
 )
-
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
 
 NAME = "large_study"
 NAMESPACE = "bench"

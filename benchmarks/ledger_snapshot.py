@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,6 @@ import optuna
 from optuna.storages._rdb.storage import _create_scoped_session
 
 from benchmarks._common import (
-    REPO,
     conditions,
     parser,
     percentile,
@@ -34,9 +32,6 @@ from benchmarks._common import (
     size_name,
     write_result,
 )
-
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
 
 NAME = "ledger_snapshot"
 RUNNING = 50

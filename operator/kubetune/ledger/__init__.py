@@ -144,8 +144,7 @@ def make_storage(
 
 def _resumed(study: optuna.Study) -> bool:
     """Some trial of the study was asked for already (by this process or an earlier one)."""
-    waiting = (TrialState.WAITING,)
-    return len(study.get_trials(deepcopy=False)) > len(study.get_trials(False, states=waiting))
+    return any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 class Ledger:

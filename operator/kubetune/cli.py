@@ -193,7 +193,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except LookupError as e:
         raise UserFacingError(str(e)) from None
     except _storage_errors() as e:
-        raise UserFacingError(f"cannot read storage {_redact(storage)}: {_first_line(e)}") from None
+        from kubetune.local_summary import redact
+
+        raise UserFacingError(f"cannot read storage {redact(storage)}: {_first_line(e)}") from None
     if note:
         print(note)
     print(text, end="")
@@ -216,15 +218,6 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 def _first_line(error: BaseException) -> str:
     lines = str(getattr(error, "orig", None) or error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-def _redact(url: str) -> str:
-    import sqlalchemy
-
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.rsplit("@", maxsplit=1)[-1]
 
 
 def _local_storage(name: str) -> str:

@@ -99,7 +99,9 @@ def _spec(sampler: str, objectives: int = 1) -> Any:
                 {"name": "y", "float": {"low": 0.0, "high": 1.0}},
             ],
             "sampler": {"type": sampler, "seed": 0},
-            "budget": {"maxTrials": 100_000, "parallelism": PARALLELISM},
+            # A trial costs one ask, one Job and one mark whether it is asked ahead or when
+            # its slot frees; asking when the slot frees keeps one launch per pass here.
+            "budget": {"maxTrials": 100_000, "parallelism": PARALLELISM, "askAhead": 0},
             "trial": {
                 "result": {"from": "TerminationMessage"},
                 "template": {"spec": {"containers": [{"name": "trial", "image": "zero-work:1"}]}},

@@ -25,8 +25,10 @@ from kubetune.reconcile import (
     Decision,
     DeleteJob,
     EventSpec,
+    LaunchParked,
     RecordUsage,
     RelaunchAttempt,
+    ReleaseParked,
     SuspendJob,
     Tell,
     VerifyJobGone,
@@ -43,11 +45,15 @@ __all__ = [
     "apply_decision",
     "count_settled_usage",
     "now",
+    "park_trials",
     "patch_status",
     "post_event",
 ]
 
 logger = logging.getLogger("kubetune.operator")
+
+#: Job creates in flight at once for one study (each is one API request in a thread).
+LAUNCH_CONCURRENCY = 8
 
 
 def now() -> datetime:
@@ -90,10 +96,13 @@ async def patch_status(rt: Runtime, body: kopf.Body, status: dict[str, Any]) -> 
 
 
 async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: LedgerSnapshot) -> bool:
-    """Apply the actions; returns whether the loop should look again at once: after any action
-    but a direct read that found its Job (that Job is only late in the watch)."""
+    """Apply the actions but parking (:func:`park_trials`, after the status); returns whether
+    the loop should look again at once: after any action but a direct read that found its Job
+    (that Job is only late in the watch)."""
     seen_free = time.monotonic()
     verified: list[bool] = []
+    if decision.parked_launches:
+        await _launch_parked(rt, t, decision.parked_launches, seen_free)
     usage = decision.usage
     if usage:
         await rt.db(rt.ledger.record_usage, t.study, usage)
@@ -108,6 +117,9 @@ async def apply_decision(rt: Runtime, t: Target, decision: Decision, snap: Ledge
             _log("Created missing Job", t, trial=a.trial, attempt=a.attempt)
         elif isinstance(a, VerifyJobGone):
             verified.append(await _verify_gone(rt, t, a))
+        elif isinstance(a, ReleaseParked):
+            await rt.db(rt.ledger.release, t.study, a.trial)
+            _log("Released parked trial", t, trial=a.trial)
         elif isinstance(a, DeleteJob):
             await asyncio.to_thread(rt.api.delete_job, t.namespace, a.name)
             _log("Deleted Job", t, job=a.name, reason=a.reason)
@@ -181,18 +193,47 @@ async def _relaunch(rt: Runtime, t: Target, a: RelaunchAttempt) -> None:
     _log("Relaunched trial", t, trial=a.trial, attempt=a.attempt, reason=a.reason)
 
 
+async def _launched(
+    rt: Runtime, t: Target, number: int, params: Mapping[str, Any], seen_free: float
+) -> None:
+    """Create a new trial's Job (attempt 0) and announce it."""
+    await create_trial_job(rt, t, number, 0, params)
+    rt.metrics.job_launched(time.monotonic() - seen_free)
+    launched = EventSpec("Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
+    rt.announce(t.namespace, t.name, launched)
+    rt.metrics.record_progress(t.namespace, t.name, time.time())
+    _log("Launched trial", t, trial=number)
+
+
+async def _launch_parked(
+    rt: Runtime, t: Target, launches: Iterable[LaunchParked], seen_free: float
+) -> None:
+    """Create the parked trials' Jobs, a few at once: nothing is asked on this path."""
+    gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
+
+    async def one(a: LaunchParked) -> None:
+        async with gate:
+            await _launched(rt, t, a.trial, a.params, seen_free)
+
+    results = await asyncio.gather(*(one(a) for a in launches), return_exceptions=True)
+    _raise_first(results)
+
+
+def _raise_first(results: Iterable[object]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
     """Ask one trial after another (asks are CPU under the GIL, and a sampler is not meant
     for concurrent asks), and create each trial's Job while the next is asked: the k-th free
     slot waits for k asks and one create, not for k asks, creates and marks in a row."""
+    gate = asyncio.Semaphore(LAUNCH_CONCURRENCY)
 
     async def create(number: int, params: dict[str, Any]) -> None:
-        await create_trial_job(rt, t, number, 0, params)
-        rt.metrics.job_launched(time.monotonic() - seen_free)
-        launched = EventSpec("Normal", R.TRIAL_LAUNCHED, f"Trial {number} launched with {params}")
-        rt.announce(t.namespace, t.name, launched)
-        rt.metrics.record_progress(t.namespace, t.name, time.time())
-        _log("Launched trial", t, trial=number)
+        async with gate:
+            await _launched(rt, t, number, params, seen_free)
 
     creates: list[asyncio.Task[None]] = []
     try:
@@ -204,9 +245,17 @@ async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
     finally:
         # Every asked trial's create runs to its end, even when a later ask failed.
         results = await asyncio.gather(*creates, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    _raise_first(results)
+
+
+async def park_trials(rt: Runtime, t: Target, count: int) -> None:
+    """Ask ``count`` trials ahead and park them (``kubetune.reconcile._ahead``); run after
+    the pass's launches and status, so no launch waits for these asks."""
+    for _ in range(count):
+        asked = time.monotonic()
+        number, _params = await rt.db(rt.ledger.ask, t.study, t.spec, park=True)
+        rt.metrics.observe_ask(time.monotonic() - asked)
+        _log("Parked trial", t, trial=number)
 
 
 async def create_trial_job(

@@ -28,6 +28,7 @@ from kubetune.reconcile import (
     DeleteJob,
     EventSpec,
     RelaunchAttempt,
+    ReleaseParked,
     SuspendJob,
     Tell,
     VerifyJobGone,
@@ -131,6 +132,8 @@ class LocalStudy:
 
     def apply(self, decision: Decision) -> None:
         """In the decision's order (see :class:`~kubetune.reconcile.Decision`)."""
+        for parked in decision.parked_launches:
+            self.start(parked.trial, 0, parked.params)
         if decision.usage:
             self.ledger.record_usage(self.study, decision.usage)
         for a in decision.steps:
@@ -150,22 +153,28 @@ class LocalStudy:
                 self.procs.delete(a.name)
             elif isinstance(a, SuspendJob):
                 self.procs.suspend(a.name, a.suspend)
+            elif isinstance(a, ReleaseParked):
+                self.ledger.release(self.study, a.trial)
         for _ in range(decision.launches):
             self.launch()
         for event in decision.events:
             self.announce(event)
+        for _ in range(decision.park):
+            self.launch(park=True)
 
-    def launch(self) -> None:
-        """Ask for a trial and start it. A failed ask (a sampler that cannot sample the
-        space) leaves a half-asked trial, which the next pass fails (``AskInterrupted``)."""
+    def launch(self, *, park: bool = False) -> None:
+        """Ask for a trial and start it (``park``: only ask; a later pass starts it). A failed
+        ask (a sampler that cannot sample the space) leaves a half-asked trial, which the next
+        pass fails (``AskInterrupted``)."""
         try:
-            number, params = self.ledger.ask(self.study, self.spec)
+            number, params = self.ledger.ask(self.study, self.spec, park=park)
         except STORAGE_ERRORS:
             raise
         except Exception as exc:
             self.console.print(f"[yellow]warning:[/yellow] asking for a trial failed: {exc}")
             return
-        self.start(number, 0, params)
+        if not park:
+            self.start(number, 0, params)
 
     def start(self, trial: int, attempt: int, params: Mapping[str, Any]) -> None:
         """Start the attempt's process, then record that its "Job" exists."""

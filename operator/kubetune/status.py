@@ -66,6 +66,8 @@ class TrialRecord:
     asked: bool = True
     #: Last sign of life from the trainer (a report or heartbeat; ``kubetune:heartbeat``).
     heartbeat: datetime | None = None
+    #: Asked ahead and no Job created yet (``kubetune:parked``; ``kubetune.reconcile._ahead``).
+    parked: bool = False
 
 
 @dataclass(frozen=True)

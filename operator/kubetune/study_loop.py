@@ -20,7 +20,7 @@ import sqlalchemy
 
 from kubetune import reasons as R  # noqa: N812 - short, read like an enum
 from kubetune import reconcile
-from kubetune.apply import Target, apply_decision, now, patch_status, post_event
+from kubetune.apply import Target, apply_decision, now, park_trials, patch_status, post_event
 from kubetune.config import OperatorConfig
 from kubetune.jobs import study_label
 from kubetune.ledger import STORAGE_ERRORS
@@ -129,22 +129,29 @@ async def reconcile_study(
         grid_trials=grid_trials(spec),
         reports_since=rt.reports_since,
     )
+    target = Target(body, spec, study, state)
     try:
-        changed = await apply_decision(rt, Target(body, spec, study, state), decision, snap)
+        changed = await apply_decision(rt, target, decision, snap)
+        await patch_status(rt, body, decision.status)
+        _report(rt, target, decision)
+        _observe_metrics(rt, namespace, name, spec, decision, progress=last_progress(snap))
+        await park_trials(rt, target, decision.park)  # asks ahead, after the launches
     except STORAGE_ERRORS as e:
         return await _storage_down(rt, body, state, e)
-    await patch_status(rt, body, decision.status)
-    for ev in decision.events:
-        if ev.reason in AGGREGATED_REASONS:  # per trial: bounded, see event_posting
-            rt.announce(namespace, name, ev)
-        else:
-            post_event(body, ev.type, ev.reason, ev.message)
-    _observe_metrics(rt, namespace, name, spec, decision, progress=last_progress(snap))
     if changed:
         return 0.0  # look again at once: the status should show what was just done
     if decision.requeue_after is None:
         return rt.config.resync_seconds
     return min(rt.config.resync_seconds, max(decision.requeue_after, 0.5))
+
+
+def _report(rt: Runtime, t: Target, decision: Decision) -> None:
+    """Post the decision's Events; per-trial ones through the bounded poster."""
+    for ev in decision.events:
+        if ev.reason in AGGREGATED_REASONS:  # per trial: bounded, see event_posting
+            rt.announce(t.namespace, t.name, ev)
+        else:
+            post_event(t.body, ev.type, ev.reason, ev.message)
 
 
 async def _valid_spec(rt: Runtime, body: kopf.Body, state: StudyState) -> TuningStudySpec | None:

@@ -312,3 +312,33 @@ def test_a_foreign_attribute_write_shows_within_refresh_seconds(fresh_database: 
     assert ledger.snapshot(study).trials[0].job_created == -1  # not polled for
     ledger._refresh_seconds = 0
     assert ledger.snapshot(study).trials[0].job_created == 0
+
+
+def test_a_parked_trial_is_released_to_waiting_and_asked_again_with_its_parameters(
+    fresh_database: str,
+) -> None:
+    """Ask-ahead in the ledger: parked while it has no Job; released, Optuna's next ask pops
+    it with the same parameters; a deleted study releases parked trials instead of failing
+    them. The incremental snapshot equals a full read after each write."""
+    spec = make_spec()
+    ledger = Ledger(make_storage(fresh_database), refresh_seconds=math.inf)
+    study = ledger.open(spec, namespace="ml", name="demo", uid="u")
+    number, params = ledger.ask(study, spec, park=True)
+    assert ledger.snapshot(study) == snapshot(study)
+    assert ledger.snapshot(study).trials[0].parked is True
+    ledger.release(study, number)
+    released = ledger.snapshot(study).trials[0]
+    assert (released.state, released.parked) == ("WAITING", False)
+    assert ledger.snapshot(study) == snapshot(study)
+    again, same = ledger.ask(study, spec)
+    assert (again, same) == (number, params)
+    assert ledger.snapshot(study).trials[0].parked is False
+    parked, _ = ledger.ask(study, spec, park=True)
+    launched, _ = ledger.ask(study, spec, park=True)
+    ledger.mark_job_created(study, launched, 0)  # its Job exists: no longer parked
+    snap = ledger.snapshot(study)
+    assert snap == snapshot(study)
+    assert [t.parked for t in snap.trials] == [False, True, False]
+    assert ledger.fail_running(study, R.STUDY_DELETED, "deleted") == 2
+    states = {t.number: t.state for t in ledger.snapshot(study).trials}
+    assert states == {number: "FAIL", parked: "WAITING", launched: "FAIL"}

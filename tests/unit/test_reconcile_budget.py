@@ -10,12 +10,14 @@ import pytest
 from kubetune import reasons as R  # noqa: N812
 from kubetune.observed_job import JobPhase, ObservedJob
 from kubetune.reconcile import RecordUsage, Tell
+from kubetune.reconcile._ahead import plan_launches
 from kubetune.reconcile._budget import (
     Goal,
     Stop,
     TrialTally,
+    free_slots,
     goal_reached,
-    launches,
+    launch_room,
     seconds_to_deadline,
     stop_reason,
     tally_trials,
@@ -169,6 +171,16 @@ def test_a_grid_smaller_than_max_trials_stops_once_every_point_was_tried() -> No
     assert trial_cap(Budget(max_trials=10), 4) == 4
     assert trial_cap(Budget(max_trials=10), 40) == 10
     assert trial_cap(Budget(max_trials=10), None) == 10
+
+
+def launches(
+    budget: Budget, tally: TrialTally, *, blocked: bool, grid_trials: int | None = None
+) -> int:
+    """New trials launched with nothing asked ahead."""
+    room = launch_room(budget, tally, grid_trials)
+    plan = plan_launches(free_slots(budget, tally), room, (), ahead=0, blocked=blocked)
+    assert plan.park == 0 and plan.parked == () and plan.release == ()
+    return plan.new
 
 
 def test_launches_never_go_past_the_grid() -> None:

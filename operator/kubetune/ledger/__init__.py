@@ -48,6 +48,7 @@ from kubetune.ledger._records import (
     FAIL_REASON_ATTR,
     HEARTBEAT_ATTR,
     JOB_CREATED_ATTR,
+    PARKED_ATTR,
     REFRESH_SECONDS,
     SPEC_HASH_ATTR,
     USAGE_ATTR,
@@ -294,8 +295,11 @@ class Ledger:
         """One trial as the reconcile sees it (to announce what the report API just told)."""
         return record(study._storage.get_trial(self._trial_id(study, number)))
 
-    def ask(self, study: optuna.Study, spec: TuningStudySpec) -> tuple[int, dict[str, Any]]:
-        """Ask for a trial (enqueued ones first) and suggest its parameters.
+    def ask(
+        self, study: optuna.Study, spec: TuningStudySpec, *, park: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        """Ask for a trial (enqueued and released ones first, with their parameters) and
+        suggest its parameters; ``park``: asked ahead, no Job until a slot frees.
 
         ``kubetune:attempt`` is written last: a RUNNING trial without it was interrupted
         mid-ask and is failed by the reconcile.
@@ -303,9 +307,20 @@ class Ledger:
         trial = study.ask()
         self._ids[(study._study_id, trial.number)] = trial._trial_id
         params = suggest_params(trial, spec)
+        if park:
+            study._storage.set_trial_user_attr(trial._trial_id, PARKED_ATTR, True)
         study._storage.set_trial_user_attr(trial._trial_id, ATTEMPT_ATTR, 0)
         self._touch(study, trial.number)
         return trial.number, params
+
+    def release(self, study: optuna.Study, number: int) -> None:
+        """Return a parked trial to WAITING (no longer parked): Optuna's next ask pops it and
+        keeps its parameters. A crash between the two writes leaves an unparked RUNNING trial
+        without a Job, which the reconcile launches (nothing is lost or run twice)."""
+        tid = self._trial_id(study, number)
+        study._storage.set_trial_user_attr(tid, PARKED_ATTR, False)
+        study._storage.set_trial_state_values(tid, TrialState.WAITING)
+        self._touch(study, number)
 
     def set_attempt(self, study: optuna.Study, number: int, attempt: int) -> None:
         study._storage.set_trial_user_attr(self._trial_id(study, number), ATTEMPT_ATTR, attempt)
@@ -372,10 +387,13 @@ class Ledger:
         self._touch(study)
 
     def fail_running(self, study: optuna.Study, reason: str, message: str) -> int:
-        """Fail every RUNNING trial (the TuningStudy is being deleted); returns how many."""
+        """Fail every RUNNING trial (the TuningStudy is being deleted) but the parked ones,
+        which never ran (they are released); returns how many failed."""
         count = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if self.tell(study, t.number, "FAIL", reason=reason, message=message):
+            if record(t).parked:
+                self.release(study, t.number)
+            elif self.tell(study, t.number, "FAIL", reason=reason, message=message):
                 count += 1
         return count
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 ATTEMPT_ATTR = "kubetune:attempt"
 JOB_CREATED_ATTR = "kubetune:job_created"
+#: Asked ahead: no Job until a slot frees (``kubetune.reconcile._ahead``).
+PARKED_ATTR = "kubetune:parked"
 FAIL_REASON_ATTR = "kubetune:fail_reason"
 FAIL_MESSAGE_ATTR = "kubetune:fail_message"
 SPEC_HASH_ATTR = "kubetune:spec_hash"
@@ -58,19 +60,21 @@ def _int_attr(attrs: Mapping[str, Any], key: str, default: int) -> int:
 def record(t: FrozenTrial) -> TrialRecord:
     attrs = t.user_attrs
     asked = ATTEMPT_ATTR in attrs or t.state != TrialState.RUNNING
+    job_created = _int_attr(attrs, JOB_CREATED_ATTR, -1)
     return TrialRecord(
         number=t.number,
         state=_STATES.get(t.state, "FAIL"),  # type: ignore[arg-type]
         params=dict(t.params),
         values=tuple(float(v) for v in t.values) if t.values is not None else None,
         attempt=_int_attr(attrs, ATTEMPT_ATTR, 0),
-        job_created=_int_attr(attrs, JOB_CREATED_ATTR, -1),
+        job_created=job_created,
         fail_reason=attrs.get(FAIL_REASON_ATTR),
         datetime_start=_when(t.datetime_start),
         datetime_complete=_when(t.datetime_complete),
         last_step=max(t.intermediate_values) if t.intermediate_values else None,
         asked=asked,
         heartbeat=_heartbeat(attrs),
+        parked=attrs.get(PARKED_ATTR) is True and job_created < 0 and t.state == TrialState.RUNNING,
     )
 
 

@@ -12,7 +12,11 @@ Rules (each tested in tests/unit/test_reconcile.py):
 
 - Slots: a trial occupies a slot while it is RUNNING in the ledger or has an active Job (a Job
   created but not yet seen by the watch, passed in as ``expected``, counts as active);
-  ``parallelism`` is never exceeded, and ``maxTrials`` counts every asked trial.
+  ``parallelism`` is never exceeded, and ``maxTrials`` counts every launched trial.
+- Ask-ahead (``_ahead``): up to ``ask_ahead(spec)`` trials are asked before a slot frees and
+  parked (no Job, no slot); a free slot takes the oldest parked trial first. Parked trials
+  are never failed, only released back to WAITING when the study stops launching or its room
+  shrinks.
 - A RUNNING trial whose current attempt has no Job: if the Job was never confirmed created
   (``job_created < attempt``: the operator crashed between ask and create) it is created now;
   if it was created and is gone (deleted by hand, or its TTL ran out while the operator was
@@ -65,9 +69,12 @@ from kubetune.reconcile._actions import (
     Decision,
     DeleteJob,
     EventSpec,
+    LaunchParked,
     LaunchTrials,
+    ParkTrials,
     RecordUsage,
     RelaunchAttempt,
+    ReleaseParked,
     SuspendJob,
     Tell,
     VerifyJobGone,
@@ -115,10 +122,13 @@ __all__ = [
     "ExpectedJob",
     "FoldEvent",
     "Goal",
+    "LaunchParked",
     "LaunchTrials",
+    "ParkTrials",
     "PostEvent",
     "RecordUsage",
     "RelaunchAttempt",
+    "ReleaseParked",
     "SuspendJob",
     "Tell",
     "VerifyJobGone",

@@ -14,9 +14,12 @@ __all__ = [
     "Decision",
     "DeleteJob",
     "EventSpec",
+    "LaunchParked",
     "LaunchTrials",
+    "ParkTrials",
     "RecordUsage",
     "RelaunchAttempt",
+    "ReleaseParked",
     "SuspendJob",
     "Tell",
     "VerifyJobGone",
@@ -28,6 +31,28 @@ class LaunchTrials:
     """Ask Optuna ``count`` times and create a Job for each new trial (attempt 0)."""
 
     count: int
+
+
+@dataclass(frozen=True)
+class LaunchParked:
+    """Create the Job of a parked trial (asked ahead, attempt 0): a launch with no ask."""
+
+    trial: int
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ParkTrials:
+    """Ask Optuna ``count`` times and park the new trials (no Job) for the next free slots."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class ReleaseParked:
+    """Return a parked trial to WAITING: Optuna's next ask runs its parameters."""
+
+    trial: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,9 @@ class RecordUsage:
 
 Action = (
     LaunchTrials
+    | LaunchParked
+    | ParkTrials
+    | ReleaseParked
     | CreateJob
     | RelaunchAttempt
     | VerifyJobGone
@@ -123,9 +151,11 @@ class EventSpec:
 @dataclass(frozen=True)
 class Decision:
     """What to do now. Both shells (the operator, ``kubetune run``) apply it in one order:
+    :attr:`parked_launches` first (their parameters are stored: nothing waits for them),
     :attr:`usage` in one ledger write, then :attr:`steps` in order (a trial's tell comes before
-    the Job write it justifies), then :attr:`launches` last (a new trial is asked only once
-    every finished one was told, so the sampler sees all results)."""
+    the Job write it justifies), then :attr:`launches` (a new trial is asked only once every
+    finished one was told, so the sampler sees all results), and :attr:`park` last, once the
+    study's status is written (asking ahead is off the launch path)."""
 
     actions: tuple[Action, ...]
     status: dict[str, Any]
@@ -137,14 +167,23 @@ class Decision:
     occupied: int = 0
 
     @property
+    def parked_launches(self) -> tuple[LaunchParked, ...]:
+        return tuple(a for a in self.actions if isinstance(a, LaunchParked))
+
+    @property
     def usage(self) -> tuple[RecordUsage, ...]:
         return tuple(a for a in self.actions if isinstance(a, RecordUsage))
 
     @property
     def steps(self) -> tuple[Action, ...]:
-        """Every action but usage records and launches, in the decision's order."""
-        return tuple(a for a in self.actions if not isinstance(a, RecordUsage | LaunchTrials))
+        """Every action but usage records, launches and parking, in the decision's order."""
+        later = RecordUsage | LaunchTrials | LaunchParked | ParkTrials
+        return tuple(a for a in self.actions if not isinstance(a, later))
 
     @property
     def launches(self) -> int:
         return sum(a.count for a in self.actions if isinstance(a, LaunchTrials))
+
+    @property
+    def park(self) -> int:
+        return sum(a.count for a in self.actions if isinstance(a, ParkTrials))

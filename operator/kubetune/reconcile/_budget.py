@@ -21,8 +21,9 @@ __all__ = [
     "Goal",
     "Stop",
     "TrialTally",
+    "free_slots",
     "goal_reached",
-    "launches",
+    "launch_room",
     "seconds_to_deadline",
     "stop_reason",
     "tally_trials",
@@ -36,7 +37,8 @@ class TrialTally:
 
     #: Trials holding a slot: RUNNING in the ledger, or with a live Job.
     occupied: frozenset[int]
-    #: Trials asked of Optuna (all but WAITING, i.e. enqueued and not asked yet).
+    #: Trials launched: asked of Optuna (all but WAITING, i.e. enqueued and not asked yet),
+    #: less those parked (asked ahead, no Job yet).
     asked: int
     failed: int
     completed: int
@@ -166,12 +168,10 @@ def seconds_to_deadline(budget: Budget, start_time: datetime, now: datetime) -> 
     return max((end - now).total_seconds(), 0.0)
 
 
-def launches(
-    budget: Budget, tally: TrialTally, *, blocked: bool, grid_trials: int | None = None
-) -> int:
-    """New trials to launch: the free slots, within ``maxTrials`` and the grid; none while
-    ``blocked``."""
-    if blocked:
-        return 0
-    free = budget.parallelism - len(tally.occupied)
-    return max(0, min(free, trial_cap(budget, grid_trials) - tally.asked))
+def launch_room(budget: Budget, tally: TrialTally, grid_trials: int | None = None) -> int:
+    """Trials the budget still allows beyond those launched (``maxTrials``, the grid)."""
+    return max(0, trial_cap(budget, grid_trials) - tally.asked)
+
+
+def free_slots(budget: Budget, tally: TrialTally) -> int:
+    return max(0, budget.parallelism - len(tally.occupied))

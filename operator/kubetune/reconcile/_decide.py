@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -11,11 +12,22 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kubetune.observed_job import ObservedJob, parse_time
-from kubetune.reconcile._actions import Action, Decision, EventSpec, LaunchTrials, Tell
+from kubetune.reconcile._actions import (
+    Action,
+    Decision,
+    EventSpec,
+    LaunchParked,
+    LaunchTrials,
+    ParkTrials,
+    ReleaseParked,
+    Tell,
+)
+from kubetune.reconcile._ahead import LaunchPlan, ask_ahead, plan_launches, split_parked
 from kubetune.reconcile._budget import (
     Stop,
+    free_slots,
     goal_reached,
-    launches,
+    launch_room,
     seconds_to_deadline,
     stop_reason,
     tally_trials,
@@ -98,8 +110,10 @@ def decide(
     start = parse_time(prev.get("startTime")) or now
     rules = TrialRules.from_spec(spec, image_pull_grace_seconds, reports_since)
     observed = with_expectations(jobs, expected)
+    trials, parked = split_parked(ledger.trials, observed)
+    full, ledger = ledger, dataclasses.replace(ledger, trials=trials)
     j = _judge_trials(spec, observed, ledger, rules, now, start=start, gone=gone, grid=grid_trials)
-    launch, running, verdict, conditions = _plan_study(spec, j, ledger, grid_trials)
+    plan, running, verdict, conditions = _plan_study(spec, j, ledger, grid_trials, parked)
     status = build_status(
         previous=prev,
         generation=generation,
@@ -115,10 +129,10 @@ def decide(
         start_time=start,
         completion_time=completion_time(verdict.state, prev, now),
     )
-    actions = _trial_actions(spec, j, ledger)
+    actions = (*_trial_actions(spec, j, ledger), *_launch_actions(plan, full))
     deadline = seconds_to_deadline(spec.budget, start, now) if j.stop is None else None
     return Decision(
-        actions=(*actions, LaunchTrials(launch)) if launch else actions,
+        actions=actions,
         status=status,
         events=(*j.events, *study_events(prev.get("state"), verdict)),
         requeue_after=earliest(*j.outcomes.requeue_after, deadline),
@@ -182,19 +196,42 @@ def _judge_trials(
 
 
 def _plan_study(
-    spec: TuningStudySpec, j: _Judged, ledger: LedgerSnapshot, grid_trials: int | None
-) -> tuple[int, int, StudyVerdict, list[ConditionSpec]]:
-    """(trials to launch, slots then in use, the study's state, its conditions)."""
+    spec: TuningStudySpec,
+    j: _Judged,
+    ledger: LedgerSnapshot,
+    grid_trials: int | None,
+    parked: Sequence[int],
+) -> tuple[LaunchPlan, int, StudyVerdict, list[ConditionSpec]]:
+    """(what fills the free slots, slots then in use, the study's state, its conditions)."""
     tally = tally_trials(j.states, j.jobs)
     invalid = spec_changed(spec, ledger)
     blocked = invalid or j.stop is not None or spec.suspend
-    launch = launches(spec.budget, tally, blocked=blocked, grid_trials=grid_trials)
-    running = len(tally.occupied) + launch
+    plan = plan_launches(
+        free_slots(spec.budget, tally),
+        launch_room(spec.budget, tally, grid_trials),
+        parked,
+        ahead=ask_ahead(spec),
+        blocked=blocked,
+    )
+    running = len(tally.occupied) + plan.launched
     verdict = study_state(tally, j.stop, running=running, invalid=invalid, suspended=spec.suspend)
     conditions = study_conditions(
         verdict, invalid=invalid, suspended=spec.suspend, running=running, stuck=j.outcomes.stuck
     )
-    return launch, running, verdict, list(conditions)
+    return plan, running, verdict, list(conditions)
+
+
+def _launch_actions(plan: LaunchPlan, ledger: LedgerSnapshot) -> tuple[Action, ...]:
+    """The plan as actions; a parked trial's parameters come from the ledger."""
+    out: list[Action] = [ReleaseParked(n) for n in plan.release]
+    for n in plan.parked:
+        rec = ledger.trial(n)
+        out.append(LaunchParked(n, dict(rec.params) if rec is not None else {}))
+    if plan.new:
+        out.append(LaunchTrials(plan.new))
+    if plan.park:
+        out.append(ParkTrials(plan.park))
+    return tuple(out)
 
 
 def _trial_actions(spec: TuningStudySpec, j: _Judged, ledger: LedgerSnapshot) -> tuple[Action, ...]:

@@ -45,6 +45,16 @@ class Budget(_Model):
         description="End the study once it has used this many GPU-seconds; running trials are "
         "stopped.",
     )
+    ask_ahead: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Trials asked of the sampler before a slot frees, so that a free slot gets "
+        "its next trial without waiting for an ask (at most parallelism; 0: ask only when a "
+        "slot frees). Unset: parallelism for Random, QMC and Grid (their proposals ignore "
+        "results), else one per 8 slots and none at parallelism 1 (a trial asked ahead misses "
+        "the results that arrive while it waits).",
+    )
 
 
 class ResultSpec(_Model):

@@ -173,8 +173,12 @@ def optuna_trials(database_url: str, study_status: dict[str, Any]) -> list[Any]:
 
 
 def by_state(trials: list[Any]) -> dict[str, int]:
+    """Launched trials per state, as the status counts them: a trial asked ahead and released
+    when the study stopped (WAITING, no Job ever created) never ran and is left out."""
     out: dict[str, int] = {}
     for t in trials:
+        if t.state.name == "WAITING" and "kubetune:job_created" not in t.user_attrs:
+            continue
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 

@@ -340,5 +340,11 @@ def test_a_parked_trial_is_released_to_waiting_and_asked_again_with_its_paramete
     assert snap == snapshot(study)
     assert [t.parked for t in snap.trials] == [False, True, False]
     assert ledger.fail_running(study, R.STUDY_DELETED, "deleted") == 2
-    states = {t.number: t.state for t in ledger.snapshot(study).trials}
+    states = {t.number: t.state for t in snapshot(study).trials}
     assert states == {number: "FAIL", parked: "WAITING", launched: "FAIL"}
+    # Asked again before any snapshot saw the release: still popped, not a new trial.
+    assert ledger.ask(study, spec)[0] == parked
+    # With no WAITING trial known, an ask skips Optuna's search for one: a new trial.
+    ledger.snapshot(study)
+    assert ledger.ask(study, spec)[0] == launched + 1
+    assert ledger.snapshot(study) == snapshot(study)

@@ -165,6 +165,8 @@ class Ledger:
         self._names: dict[tuple[str, str], str] = {}
         #: (study id, trial number) -> trial id; never changes once the trial exists.
         self._ids: dict[tuple[int, int], int] = {}
+        #: Studies with a trial released to WAITING since their last snapshot.
+        self._released: set[int] = set()
 
     @property
     def storage(self) -> optuna.storages.BaseStorage:
@@ -270,6 +272,8 @@ class Ledger:
         if cache.attrs is None:
             attrs = study.user_attrs
             cache.attrs = (attrs.get(SPEC_HASH_ATTR), stored_usage(attrs.get(USAGE_ATTR)))
+        with self._lock:
+            self._released.discard(sid)
         return cache.snapshot(study.study_name)
 
     def _touch(self, study: optuna.Study, number: int | None = None) -> None:
@@ -304,7 +308,7 @@ class Ledger:
         ``kubetune:attempt`` is written last: a RUNNING trial without it was interrupted
         mid-ask and is failed by the reconcile.
         """
-        trial = study.ask()
+        trial = self._new_trial(study)
         self._ids[(study._study_id, trial.number)] = trial._trial_id
         params = suggest_params(trial, spec)
         if park:
@@ -313,6 +317,27 @@ class Ledger:
         self._touch(study, trial.number)
         return trial.number, params
 
+    def _new_trial(self, study: optuna.Study) -> optuna.Trial:
+        """``study.ask()``, less its search for a WAITING trial when the last snapshot saw none
+        and nothing was released since: that search re-reads every unfinished trial of the
+        study (Optuna's cached storage), about half of an ask with 32 or more running."""
+        sid = study._study_id
+        with self._lock:
+            cache = self._caches.get(sid)
+            waiting = (
+                cache is None
+                or sid in self._released
+                or any(
+                    r.state == "WAITING"
+                    for n in cache.unfinished.values()
+                    if (r := cache.records.get(n)) is not None
+                )
+            )
+        if waiting:
+            return study.ask()
+        study._thread_local.cached_all_trials = None  # as study.ask() does
+        return optuna.Trial(study, study._storage.create_new_trial(sid))
+
     def release(self, study: optuna.Study, number: int) -> None:
         """Return a parked trial to WAITING (no longer parked): Optuna's next ask pops it and
         keeps its parameters. A crash between the two writes leaves an unparked RUNNING trial
@@ -320,6 +345,8 @@ class Ledger:
         tid = self._trial_id(study, number)
         study._storage.set_trial_user_attr(tid, PARKED_ATTR, False)
         study._storage.set_trial_state_values(tid, TrialState.WAITING)
+        with self._lock:
+            self._released.add(study._study_id)
         self._touch(study, number)
 
     def set_attempt(self, study: optuna.Study, number: int, attempt: int) -> None:

@@ -98,8 +98,13 @@ def study_manifest(
     parallelism: int,
     sampler: str = "TPE",
     seed: int = 0,
+    ask_ahead: int | None = None,
 ) -> dict[str, Any]:
-    """A two-parameter study with zero-work trials (result by termination message)."""
+    """A two-parameter study with zero-work trials (result by termination message);
+    ``ask_ahead`` None keeps the default."""
+    budget: dict[str, Any] = {"maxTrials": max_trials, "parallelism": parallelism}
+    if ask_ahead is not None:
+        budget["askAhead"] = ask_ahead
     return manifests.study_manifest(
         name,
         namespace=namespace,
@@ -109,10 +114,21 @@ def study_manifest(
             {"name": "y", "float": {"low": 0.0, "high": 1.0}},
         ],
         sampler={"type": sampler, "seed": seed},
-        budget={"maxTrials": max_trials, "parallelism": parallelism},
+        budget=budget,
         trial={"result": {"from": "TerminationMessage"}},
         container={"name": "trial", "image": "zero-work:1", "command": ["true"]},
     )
+
+
+def effective_ask_ahead(sampler: str, parallelism: int, ask_ahead: int | None) -> int:
+    """The trials the operator keeps asked ahead for :func:`study_manifest`'s study."""
+    from kubetune.reconcile._ahead import ask_ahead as rule
+    from kubetune.spec import parse_manifest
+
+    manifest = study_manifest(
+        "x", max_trials=10, parallelism=parallelism, sampler=sampler, ask_ahead=ask_ahead
+    )
+    return rule(parse_manifest(manifest).spec)
 
 
 @dataclass
@@ -580,6 +596,7 @@ def run_study(
     parallelism: int,
     sampler: str,
     timeout: float,
+    ask_ahead: int | None = None,
 ) -> dict[str, Any]:
     """One zero-work study through the operator; returns its rate and per-trial costs."""
     assert bench.operator is not None
@@ -588,7 +605,13 @@ def run_study(
     cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     bench.create_study(
-        study_manifest(name, max_trials=trials, parallelism=parallelism, sampler=sampler)
+        study_manifest(
+            name,
+            max_trials=trials,
+            parallelism=parallelism,
+            sampler=sampler,
+            ask_ahead=ask_ahead,
+        )
     )
     done = wait_until(lambda: bench.finished_trials(name) >= trials, timeout, 0.05)
     elapsed = time.perf_counter() - started

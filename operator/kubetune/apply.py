@@ -54,6 +54,9 @@ logger = logging.getLogger("kubetune.operator")
 
 #: Job creates in flight at once for one study (each is one API request in a thread).
 LAUNCH_CONCURRENCY = 8
+#: The most seconds one pass spends asking ahead; the next pass (at once) asks the rest, so a
+#: slot freed meanwhile waits for one ask at most, not for the whole refill.
+PARK_SECONDS = 0.2
 
 
 def now() -> datetime:
@@ -249,13 +252,16 @@ async def _launch(rt: Runtime, t: Target, count: int, seen_free: float) -> None:
 
 
 async def park_trials(rt: Runtime, t: Target, count: int) -> None:
-    """Ask ``count`` trials ahead and park them (``kubetune.reconcile._ahead``); run after
-    the pass's launches and status, so no launch waits for these asks."""
+    """Ask up to ``count`` trials ahead and park them (``kubetune.reconcile._ahead``), for at
+    most :data:`PARK_SECONDS`; run after the pass's launches and status."""
+    start = time.monotonic()
     for _ in range(count):
         asked = time.monotonic()
         number, _params = await rt.db(rt.ledger.ask, t.study, t.spec, park=True)
         rt.metrics.observe_ask(time.monotonic() - asked)
         _log("Parked trial", t, trial=number)
+        if time.monotonic() - start >= PARK_SECONDS:
+            return
 
 
 async def create_trial_job(

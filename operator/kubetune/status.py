@@ -160,11 +160,12 @@ def merge_conditions(
 
 
 def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, int]:
-    """Counts by state; a retried trial is one trial, its extra attempts count as ``retried``."""
+    """Counts of launched trials by state (not WAITING, not parked: neither has run); a retried
+    trial is one trial, its extra attempts count as ``retried``."""
     counts = {"total": 0, "running": 0, "completed": 0, "pruned": 0, "failed": 0, "retried": 0}
     key = {"RUNNING": "running", "COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}
     for t in trials:
-        if t.state == "WAITING":
+        if t.state == "WAITING" or t.parked:
             continue
         counts["total"] += 1
         counts[key[t.state]] += 1

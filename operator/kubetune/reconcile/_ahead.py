@@ -56,16 +56,20 @@ def ask_ahead(spec: TuningStudySpec) -> int:
 
 def split_parked(
     trials: Sequence[TrialRecord], jobs: Iterable[ObservedJob]
-) -> tuple[tuple[TrialRecord, ...], tuple[int, ...]]:
-    """(the trials the rules judge, the parked trial numbers in ask order).
+) -> tuple[Sequence[TrialRecord], tuple[TrialRecord, ...]]:
+    """(the trials the rules judge, the parked trials in ask order); ``trials`` itself when
+    none is parked.
 
     A trial stored as parked that has any Job, seen or expected, was launched (its
     ``kubetune:job_created`` mark is written after the create): it is judged as running.
     """
+    marked = [t for t in trials if t.parked]
+    if not marked:
+        return trials, ()
     with_job = {j.trial for j in jobs}
-    parked = {t.number for t in trials if t.parked and t.number not in with_job}
-    kept = tuple(t for t in trials if t.number not in parked)
-    return kept, tuple(sorted(parked))
+    parked = tuple(sorted((t for t in marked if t.number not in with_job), key=lambda t: t.number))
+    numbers = {t.number for t in parked}
+    return tuple(t for t in trials if t.number not in numbers), parked
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,13 @@ from kubetune.reconcile._trials import (
     trial_events,
     trial_states,
 )
-from kubetune.status import ConditionSpec, LedgerSnapshot, TrialStateName, build_status
+from kubetune.status import (
+    ConditionSpec,
+    LedgerSnapshot,
+    TrialRecord,
+    TrialStateName,
+    build_status,
+)
 
 if TYPE_CHECKING:
     from kubetune.spec import TuningStudySpec
@@ -110,10 +116,11 @@ def decide(
     start = parse_time(prev.get("startTime")) or now
     rules = TrialRules.from_spec(spec, image_pull_grace_seconds, reports_since)
     observed = with_expectations(jobs, expected)
-    trials, parked = split_parked(ledger.trials, observed)
-    full, ledger = ledger, dataclasses.replace(ledger, trials=trials)
+    ledger, parked = _without_parked(ledger, observed)
     j = _judge_trials(spec, observed, ledger, rules, now, start=start, gone=gone, grid=grid_trials)
-    plan, running, verdict, conditions = _plan_study(spec, j, ledger, grid_trials, parked)
+    plan, running, verdict, conditions = _plan_study(
+        spec, j, ledger, grid_trials, [t.number for t in parked]
+    )
     status = build_status(
         previous=prev,
         generation=generation,
@@ -129,7 +136,7 @@ def decide(
         start_time=start,
         completion_time=completion_time(verdict.state, prev, now),
     )
-    actions = (*_trial_actions(spec, j, ledger), *_launch_actions(plan, full))
+    actions = (*_trial_actions(spec, j, ledger), *_launch_actions(plan, parked))
     deadline = seconds_to_deadline(spec.budget, start, now) if j.stop is None else None
     return Decision(
         actions=actions,
@@ -139,6 +146,14 @@ def decide(
         state=verdict.state,
         occupied=running,
     )
+
+
+def _without_parked(
+    ledger: LedgerSnapshot, jobs: Sequence[ObservedJob]
+) -> tuple[LedgerSnapshot, tuple[TrialRecord, ...]]:
+    """The ledger the rules judge (launched trials only), and the parked trials."""
+    trials, parked = split_parked(ledger.trials, jobs)
+    return (dataclasses.replace(ledger, trials=tuple(trials)) if parked else ledger), parked
 
 
 @dataclass(frozen=True)
@@ -221,12 +236,11 @@ def _plan_study(
     return plan, running, verdict, list(conditions)
 
 
-def _launch_actions(plan: LaunchPlan, ledger: LedgerSnapshot) -> tuple[Action, ...]:
-    """The plan as actions; a parked trial's parameters come from the ledger."""
+def _launch_actions(plan: LaunchPlan, parked: Sequence[TrialRecord]) -> tuple[Action, ...]:
+    """The plan as actions; a parked trial launches with its stored parameters."""
+    params = {t.number: t.params for t in parked}
     out: list[Action] = [ReleaseParked(n) for n in plan.release]
-    for n in plan.parked:
-        rec = ledger.trial(n)
-        out.append(LaunchParked(n, dict(rec.params) if rec is not None else {}))
+    out += [LaunchParked(n, dict(params[n])) for n in plan.parked]
     if plan.new:
         out.append(LaunchTrials(plan.new))
     if plan.park:

@@ -208,11 +208,14 @@ class LocalStudy:
             self.console.print(f"[yellow]{event.reason}[/yellow]: {line}")
 
     def interrupt(self, why: str) -> None:
-        """Stop every process and fail its trial with ``Interrupted`` (Ctrl-C, lost storage)."""
+        """Stop every process and fail its trial with ``Interrupted`` (Ctrl-C, lost storage);
+        trials asked ahead go back to WAITING (the next run asks them first)."""
         for trial, _attempt, output in self.procs.stop_all():
             message = f"{why}\nlog tail:\n{output}" if output else why
             with contextlib.suppress(*STORAGE_ERRORS):
                 self.ledger.tell(self.study, trial, "FAIL", reason=INTERRUPTED, message=message)
+        with contextlib.suppress(*STORAGE_ERRORS):
+            self.ledger.release_parked(self.study)
 
     def outcome(self) -> str:
         """Why the study stopped: the ``Ready`` condition's reason and message."""

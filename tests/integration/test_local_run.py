@@ -405,6 +405,11 @@ def test_template_without_command_is_refused_before_any_trial(
     assert optuna.get_all_study_names(storage=storage) == []  # nothing stored either
 
 
+def launched(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials whose process was started (not those asked ahead and never run)."""
+    return [t for t in trials if "kubetune:job_created" in t.user_attrs]
+
+
 def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/cc.db"
     path = manifest(
@@ -421,8 +426,8 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     try:
         # Both trials are running, and stay so until released: Ctrl-C surely finds them.
         pids = holds.wait_holding(["0", "1"], proc=proc)
-        running = optuna.load_study(study_name="cc", storage=storage).get_trials()
-        assert [t.state for t in running] == [TrialState.RUNNING] * 2  # asked before launched
+        running = launched(optuna.load_study(study_name="cc", storage=storage).get_trials())
+        assert [t.state for t in running] == [TrialState.RUNNING] * 2
         proc.send_signal(signal.SIGINT)
         code, output = finish(proc, "kubetune run after Ctrl-C")
     finally:
@@ -432,8 +437,10 @@ def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) ->
     assert code == 130, output
 
     study = optuna.load_study(study_name="cc", storage=storage)
-    trials = study.get_trials()
+    trials = launched(study.get_trials())
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL], output
+    # A trial asked ahead went back to WAITING: never run, never failed, asked first next time.
+    assert all(t.state == TrialState.WAITING for t in study.get_trials() if t not in trials)
     assert all(
         why(t)[0] == INTERRUPTED and why(t)[1].startswith("the local run was interrupted (SIGINT)")
         for t in trials
@@ -496,8 +503,10 @@ def test_a_signal_stops_the_run_between_steps_and_the_handlers_come_back(
     assert clock.sent and clock.returned
     assert result.exit_code == 130
     assert result.reason == f"{INTERRUPTED}: stopped by the user ({sig.name})"
-    trials = optuna.load_study(study_name="sig", storage=storage).get_trials()
+    every = optuna.load_study(study_name="sig", storage=storage).get_trials()
+    trials = launched(every)
     assert [t.state for t in trials] == [TrialState.FAIL]  # no second trial was launched
+    assert all(t.state == TrialState.WAITING for t in every if t not in trials)  # released
     reason, message = why(trials[0])
     assert reason == INTERRUPTED
     assert message.startswith(f"the local run was interrupted ({sig.name})"), message

@@ -416,13 +416,23 @@ class Ledger:
     def fail_running(self, study: optuna.Study, reason: str, message: str) -> int:
         """Fail every RUNNING trial (the TuningStudy is being deleted) but the parked ones,
         which never ran (they are released); returns how many failed."""
+        self.release_parked(study)
         count = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if record(t).parked:
-                self.release(study, t.number)
-            elif self.tell(study, t.number, "FAIL", reason=reason, message=message):
+            if self.tell(study, t.number, "FAIL", reason=reason, message=message):
                 count += 1
         return count
+
+    def release_parked(self, study: optuna.Study) -> int:
+        """Release every parked trial (the run that parked them is ending); returns how many."""
+        parked = [
+            t.number
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if record(t).parked
+        ]
+        for number in parked:
+            self.release(study, number)
+        return len(parked)
 
 
 # --- One trial by number, for the report API (blocking; Optuna's storage API stays here) ----

@@ -34,7 +34,8 @@ from kubetune.jobs import LABEL_STUDY, study_label
 from kubetune.kube_client import KubeApi
 from kubetune.ledger import Ledger, make_storage
 from kubetune.metrics import OperatorMetrics, metrics_app
-from kubetune.observe import ChildIndex, slim
+from kubetune.observe import ChildIndex
+from kubetune.observed_job import slim_job, slim_pod
 from kubetune.report_bridge import on_report_event, resolve_study
 from kubetune.reporting import create_report_app
 from kubetune.runtime import Runtime
@@ -152,13 +153,12 @@ async def cleanup(**kwargs: Any) -> None:
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_STUDY: kopf.PRESENT})
 async def trial_jobs(**kwargs: Any) -> Any:
-    body = slim(kwargs["body"], ("suspend", "podFailurePolicy"))
-    return {(kwargs["namespace"], kwargs["labels"][LABEL_STUDY]): body}
+    return {(kwargs["namespace"], kwargs["labels"][LABEL_STUDY]): slim_job(kwargs["body"])}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_STUDY: kopf.PRESENT})
 async def trial_pods(**kwargs: Any) -> Any:
-    return {(kwargs["namespace"], kwargs["labels"][LABEL_STUDY]): slim(kwargs["body"], ())}
+    return {(kwargs["namespace"], kwargs["labels"][LABEL_STUDY]): slim_pod(kwargs["body"])}
 
 
 def _child_event(kind: str, kwargs: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
 """What a reconcile pass sees: the study's spec, its Jobs and Pods from kopf's indexes, the Jobs
 created but not yet seen, and the log tails of failed trainers.
 
-The indexes hold slim copies (:func:`slim`) of every trial Job and Pod; this module turns them
-into the core's :class:`~kubetune.observed_job.ObservedJob` values and the controller-runtime style
-expectations (:class:`~kubetune.reconcile.ExpectedJob`) the pure decision takes as input.
+The indexes hold slim copies (:func:`~kubetune.observed_job.slim_job`, ``slim_pod``) of every
+trial Job and Pod; this module turns them into the core's
+:class:`~kubetune.observed_job.ObservedJob` values and the controller-runtime style expectations
+(:class:`~kubetune.reconcile.ExpectedJob`) the pure decision takes as input.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ __all__ = [
     "Observed",
     "observe_children",
     "parse_body",
-    "slim",
     "with_log_tails",
 ]
 
@@ -38,29 +38,6 @@ ChildIndex = kopf.Index[tuple[str, str], dict[str, Any]]
 
 #: How long kopf's "seen" mark of a Job is kept (and the default wait for an expected Job).
 EXPECTATION_SECONDS = 60.0
-
-_INDEXED_META = (
-    "name",
-    "namespace",
-    "uid",
-    "labels",
-    "ownerReferences",
-    "creationTimestamp",
-    "deletionTimestamp",
-)
-
-
-def slim(body: Any, spec_keys: tuple[str, ...]) -> dict[str, Any]:
-    """What the reconcile reads of a Job or Pod, and no more: the indexes hold one entry per
-    Job and Pod of every study, and whole bodies (pod templates with every parameter) made
-    memory grow ~22 KiB per object (benchmarks/README.md, scale)."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    return {
-        "metadata": {k: meta[k] for k in _INDEXED_META if k in meta},
-        "spec": {k: spec[k] for k in spec_keys if k in spec},
-        "status": body.get("status") or {},
-    }
 
 
 def parse_body(body: Mapping[str, Any]) -> TuningStudy:

@@ -34,7 +34,7 @@ from kubetune.jobs import LABEL_STUDY, study_label
 from kubetune.kube_client import KubeApi
 from kubetune.ledger import Ledger, make_storage
 from kubetune.metrics import OperatorMetrics, metrics_app
-from kubetune.observe import ChildIndex
+from kubetune.observe import ChildIndex, configure_watching
 from kubetune.observed_job import slim_job, slim_pod
 from kubetune.report_bridge import on_report_event, resolve_study
 from kubetune.reporting import create_report_app
@@ -75,6 +75,7 @@ async def startup(**kwargs: Any) -> None:
     # spec into an annotation, and a large spec overflows the apiserver's 256 KiB limit on
     # annotations (then kopf can neither add nor remove the finalizer: the study is stuck).
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(ignored_fields=["spec"])
+    configure_watching(settings)
     registry = getattr(memo, "registry", None)
     if not isinstance(registry, CollectorRegistry):
         registry = CollectorRegistry()

@@ -245,6 +245,7 @@ class Bench:
             "KUBETUNE_TOKEN_KEY": TOKEN_KEY,
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_REPORT_PORT": "0",
+            "MALLOC_ARENA_MAX": "2",  # as the operator image sets it (Dockerfile)
             "PYTHONPATH": os.pathsep.join(
                 [str(REPO / "operator"), str(REPO), os.environ.get("PYTHONPATH", "")]
             ),

@@ -179,10 +179,10 @@ class _World:
 
     def add(self, number: int, params: dict[str, Any], manifest: dict[str, Any]) -> None:
         """The Job was created, and its pod runs (the instant kubelet)."""
-        from kubetune.observe import slim
+        from kubetune.observed_job import slim_job
 
         stamp = _stamp()
-        job = slim(manifest, ("suspend", "podFailurePolicy"))
+        job = slim_job(manifest)
         job["status"] = {"startTime": stamp, "active": 1, "ready": 1}
         name = str(manifest["metadata"]["name"])
         labels = dict(manifest["spec"]["template"]["metadata"]["labels"])

@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kubetune.jobs import DISRUPTION_RULE_INDEX, LABEL_ATTEMPT, LABEL_TRIAL
+from kubetune.jobs import DISRUPTION_RULE_INDEX, LABEL_ATTEMPT, LABEL_STUDY, LABEL_TRIAL
 
 __all__ = [
     "IMAGE_PULL_REASONS",
@@ -41,12 +42,17 @@ __all__ = [
     "observe_job",
     "parse_termination_message",
     "parse_time",
+    "slim_job",
+    "slim_pod",
 ]
 
 #: Container waiting reasons that mean the image will not come (retrying will not help).
 IMAGE_PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
+_JOB_CONDITIONS = frozenset({"Complete", "Failed"})
+_POD_CONDITIONS = frozenset({"PodScheduled", "DisruptionTarget"})
+_KEPT_LABELS = frozenset({LABEL_STUDY, LABEL_TRIAL, LABEL_ATTEMPT, "job-name"})
 _RULE_INDEX_RE = re.compile(r"rule at index (\d+)")
 JobPhase = Literal["Active", "Suspended", "Succeeded", "Failed"]
 FailureKind = Literal["Disruption", "UserError", "DeadlineExceeded"]
@@ -282,3 +288,85 @@ def parse_termination_message(text: str | None, n_objectives: int) -> list[float
             return f"the termination message has a value that is not a finite number: {v!r}"
         out.append(float(v))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What the indexes keep of each Job and Pod
+
+
+def _interned(value: Any) -> Any:
+    """One shared copy of a string that thousands of bodies repeat (label keys, condition
+    types and reasons, timestamps of a burst): each parsed watch event brings its own."""
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+def _pick(part: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The keys present, values interned except free text (messages)."""
+    return {k: part[k] if k == "message" else _interned(part[k]) for k in keys if k in part}
+
+
+def _slim_meta(meta: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    labels = meta.get("labels") or {}
+    out = _pick(meta, keys)
+    out["labels"] = {_interned(k): _interned(v) for k, v in labels.items() if k in _KEPT_LABELS}
+    return out
+
+
+def _slim_conditions(status: Mapping[str, Any], types: frozenset[str]) -> list[dict[str, Any]]:
+    keys = ("type", "status", "reason", "message", "lastTransitionTime")
+    return [
+        _pick(c, keys)
+        for c in status.get("conditions") or []
+        if isinstance(c, Mapping) and c.get("type") in types
+    ]
+
+
+def slim_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a Job that :func:`observe_job` reads (and ``ownerReferences`` uids), for
+    kopf's index: finished Jobs stay there for ``ttlSecondsAfterFinished``, and a whole Job
+    costs ~15 KiB of Python objects (benchmarks/README.md, scale). A field the decision
+    starts to read must be kept here too (``tests/unit/test_observed_job.py`` compares)."""
+    meta, spec = job.get("metadata") or {}, job.get("spec") or {}
+    status = job.get("status") or {}
+    out_meta = _slim_meta(meta, ("name", "namespace", "deletionTimestamp"))
+    owners = meta.get("ownerReferences") or []
+    out_meta["ownerReferences"] = [{"uid": o.get("uid")} for o in owners if isinstance(o, Mapping)]
+    out_spec = _pick(spec, ("suspend",))
+    trainer = _trainer_name(job)
+    if trainer is not None:
+        out_spec["podFailurePolicy"] = {"rules": [{"onExitCodes": {"containerName": trainer}}]}
+    out_status = _pick(status, ("startTime", "completionTime"))
+    out_status["conditions"] = _slim_conditions(status, _JOB_CONDITIONS)
+    return {"metadata": out_meta, "spec": out_spec, "status": out_status}
+
+
+_STATE_KEYS = {
+    "waiting": ("reason", "message"),
+    "running": ("startedAt",),
+    "terminated": ("exitCode", "message"),
+}
+
+
+def _slim_container(cs: Mapping[str, Any]) -> dict[str, Any]:
+    state = cs.get("state") or {}
+    kept = {
+        kind: _pick(state[kind], keys)
+        for kind, keys in _STATE_KEYS.items()
+        if isinstance(state.get(kind), Mapping)
+    }
+    return {"name": _interned(cs.get("name")), "state": kept}
+
+
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a trial Pod that :func:`observe_job` reads, for kopf's index (the whole
+    status, every condition and container field, is most of a Pod's ~20 KiB)."""
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    meta = _slim_meta(pod.get("metadata") or {}, ("name", "namespace", "creationTimestamp"))
+    return {
+        "metadata": meta,
+        "status": {
+            "conditions": _slim_conditions(status, _POD_CONDITIONS),
+            "containerStatuses": [_slim_container(c) for c in statuses if isinstance(c, Mapping)],
+        },
+    }

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
+
 from kubetune.jobs import LABEL_ATTEMPT, LABEL_STUDY, LABEL_TRIAL
-from kubetune.observe import observe_children
+from kubetune.observe import LIST_CHUNK_SIZE, configure_watching, observe_children
 from kubetune.observed_job import observe_job
 from kubetune.runtime import StudyState
+from kubetune.spec import GROUP, PLURAL, VERSION
 
 KEY = ("ns", "demo")
 UID = "study-uid"
@@ -78,3 +81,15 @@ def test_a_thousand_finished_jobs_are_each_matched_to_their_own_pod() -> None:
     assert [j.termination_message for j in seen.jobs] == [
         f'{{"values": [{n}]}}' for n in range(1000)
     ]
+
+
+def test_kopf_pages_its_lists_and_asks_only_for_trial_jobs_and_pods() -> None:
+    settings = kopf.OperatorSettings()
+    configure_watching(settings)
+    assert settings.watching.chunk_size == LIST_CHUNK_SIZE
+    selectors = settings.watching.label_selectors
+    for group, plural in (("batch", "jobs"), ("", "pods")):
+        assert selectors.collect(kopf.Resource(group, "v1", plural)) == [LABEL_STUDY]
+    # Every study is watched; another group's Jobs are none of ours to filter.
+    assert selectors.collect(kopf.Resource(GROUP, VERSION, PLURAL)) == []
+    assert selectors.collect(kopf.Resource("batch.volcano.sh", "v1alpha1", "jobs")) == []

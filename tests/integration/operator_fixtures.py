@@ -10,7 +10,7 @@ writes a termination message. What it does is chosen by the ``MODE`` env var of 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,18 +167,24 @@ def jobs(cluster: Cluster, name: str, namespace: str = "default") -> list[dict[s
     return cluster.api.list("jobs", namespace, label_selector=f"kubetune.io/study={name}")
 
 
+def launched(trials: Iterable[Any]) -> list[Any]:
+    """The trials that were launched: a trial asked ahead (``budget.askAhead``) and released
+    when its study stopped is WAITING with no Job ever created; it never ran."""
+    return [
+        t for t in trials if t.state.name != "WAITING" or "kubetune:job_created" in t.user_attrs
+    ]
+
+
 def optuna_trials(database_url: str, study_status: dict[str, Any]) -> list[Any]:
+    """The study's launched trials (see :func:`launched`), as its status counts them."""
     study = optuna.load_study(study_name=study_status["optunaStudyName"], storage=database_url)
-    return study.get_trials(deepcopy=False)
+    return launched(study.get_trials(deepcopy=False))
 
 
 def by_state(trials: list[Any]) -> dict[str, int]:
-    """Launched trials per state, as the status counts them: a trial asked ahead and released
-    when the study stopped (WAITING, no Job ever created) never ran and is left out."""
+    """Launched trials per state, as the status counts them."""
     out: dict[str, int] = {}
-    for t in trials:
-        if t.state.name == "WAITING" and "kubetune:job_created" not in t.user_attrs:
-            continue
+    for t in launched(trials):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 

@@ -17,6 +17,7 @@ from operator_fixtures import (
     condition,
     events,
     jobs,
+    launched,
     operator_process,
     optuna_trials,
     run_operator_thread,
@@ -291,7 +292,10 @@ def test_study_deleted_mid_flight_fails_running_trials_and_removes_jobs(
     assert runner.exit_code == 0
     study = optuna.load_study(study_name=name, storage=operator_env_vars)
     assert by_state(study.trials) == {"FAIL": 2}
-    assert {t.user_attrs["kubetune:fail_reason"] for t in study.trials} == {"StudyDeleted"}
+    ran = launched(study.trials)
+    assert {t.user_attrs["kubetune:fail_reason"] for t in ran} == {"StudyDeleted"}
+    # A trial asked ahead was released, not failed: it never ran.
+    assert all(t.state.name == "WAITING" for t in study.trials if t not in ran)
 
 
 def test_two_studies_in_two_namespaces(

@@ -168,11 +168,17 @@ def jobs(cluster: Cluster, name: str, namespace: str = "default") -> list[dict[s
 
 
 def launched(trials: Iterable[Any]) -> list[Any]:
-    """The trials that were launched: a trial asked ahead (``budget.askAhead``) and released
-    when its study stopped is WAITING with no Job ever created; it never ran."""
-    return [
-        t for t in trials if t.state.name != "WAITING" or "kubetune:job_created" in t.user_attrs
-    ]
+    """The trials that were launched. A trial asked ahead (``budget.askAhead``) is RUNNING
+    and parked until a slot frees, or WAITING once released when its study stopped; without
+    a Job ever created, it never ran."""
+    return [t for t in trials if not _never_launched(t)]
+
+
+def _never_launched(t: Any) -> bool:
+    if "kubetune:job_created" in t.user_attrs:
+        return False
+    parked = t.state.name == "RUNNING" and t.user_attrs.get("kubetune:parked") is True
+    return parked or t.state.name == "WAITING"
 
 
 def optuna_trials(database_url: str, study_status: dict[str, Any]) -> list[Any]:

@@ -262,6 +262,12 @@ def _print_trace(row: dict[str, Any]) -> None:
     )
 
 
+def _key(row: dict[str, Any]) -> str:
+    """``TPE p8``; a baseline run: ``TPE p8 askAhead 0``."""
+    key = f"{row['sampler']} p{row['parallelism']}"
+    return key + " askAhead 0" if row["baseline"] else key
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     exit_cleanly_on_sigterm()
     p = parser(__doc__.splitlines()[0])
@@ -295,9 +301,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
-
-
-def _key(row: dict[str, Any]) -> str:
-    """``TPE p8``; a baseline run: ``TPE p8 askAhead 0``."""
-    key = f"{row['sampler']} p{row['parallelism']}"
-    return key + " askAhead 0" if row["baseline"] else key

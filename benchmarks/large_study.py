@@ -198,18 +198,27 @@ class _World:
         self.running.append((number, params))
 
     def complete(self) -> int:
-        """The oldest running trial's pod ends with its result; its Job turns Complete."""
+        """The oldest running trial's pod ends with its result; its Job turns Complete. The
+        index entries are replaced, not changed, as kopf replaces them on each event."""
         from kubetune.jobs import job_name
 
         number, params = self.running.pop(0)
-        job, pod = self.by_name[job_name(self.name, number, 0)]
+        name = job_name(self.name, number, 0)
+        job, pod = self.by_name[name]
         stamp = _stamp()
         conds = [{"type": t, "status": "True", "lastTransitionTime": stamp} for t in _DONE]
-        job["status"] = {**job["status"], "active": 0, "ready": 0, "succeeded": 1}
-        job["status"].update(completionTime=stamp, conditions=conds)
+        status = {**job["status"], "active": 0, "ready": 0, "succeeded": 1}
+        status.update(completionTime=stamp, conditions=conds)
         message = json.dumps({"values": [_loss(params)]})
         ended = {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}
-        pod["status"] = {"phase": "Succeeded", "containerStatuses": [_trainer(ended)]}
+        done = {**job, "status": status}
+        ended_pod = {
+            **pod,
+            "status": {"phase": "Succeeded", "containerStatuses": [_trainer(ended)]},
+        }
+        _replace(self.jobs, job, done)
+        _replace(self.pods, pod, ended_pod)
+        self.by_name[name] = (done, ended_pod)
         return number
 
     def expire(self, number: int) -> None:
@@ -222,6 +231,15 @@ class _World:
 
 
 _DONE = ("SuccessCriteriaMet", "Complete")
+
+
+def _replace(items: list[dict[str, Any]], old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Put ``new`` where ``old`` is (searched from the end: the running trials are recent)."""
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] is old:
+            items[i] = new
+            return
+    raise ValueError("not in the index")
 
 
 def _trainer(state: dict[str, Any]) -> dict[str, Any]:

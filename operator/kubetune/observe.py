@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import kopf
 from kubetune.jobs import LABEL_STUDY, LABEL_TRIAL
 from kubetune.observed_job import ObservedJob, observe_job
 from kubetune.reconcile import ExpectedJob
-from kubetune.runtime import Runtime, StudyState
+from kubetune.runtime import ObservedMemo, Runtime, StudyState
 from kubetune.spec import TuningStudy, TuningStudySpec, parse_manifest
 from kubetune.status import LedgerSnapshot
 
@@ -100,20 +101,39 @@ def observe_children(
     pods = list(pods_index.get(key, []))
     candidates = _PodCandidates(pods)
     observed: list[ObservedJob] = []
+    memo: dict[str, ObservedMemo] = {}
     for job in jobs_index.get(key, []):
         owners = (job.get("metadata") or {}).get("ownerReferences") or []
         if uid and not any(o.get("uid") == uid for o in owners):
             continue  # a Job of an earlier TuningStudy with the same name
-        o = observe_job(job, candidates.of(job))
+        o = _observe(state.observed, memo, job, candidates.of(job))
         if o is not None:
             observed.append(o)
-    pods_by_job: dict[str, dict[str, Any]] = {}
-    for p in pods:
-        jn = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if isinstance(jn, str):
-            pods_by_job[jn] = p
+    state.observed = memo  # Jobs gone from the index are forgotten
+    pods_by_job = {name: pods[found[-1]] for name, found in candidates.by_name.items()}
     expected = _expectations(state, {o.name for o in observed}, time.monotonic(), wait)
     return Observed(observed, expected, pods_by_job)
+
+
+def _observe(
+    last: Mapping[str, ObservedMemo],
+    memo: dict[str, ObservedMemo],
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+) -> ObservedJob | None:
+    """``observe_job``, or what it returned last pass for the same entries: with the finished
+    Jobs kept, observing every Job anew took 60 % of a pass at 10,000 Jobs."""
+    name = str((job.get("metadata") or {}).get("name", ""))
+    hit = last.get(name)
+    same = (
+        hit is not None
+        and hit[0] is job
+        and len(hit[1]) == len(pods)
+        and all(map(operator.is_, hit[1], pods))
+    )
+    o = hit[2] if same and hit is not None else observe_job(job, pods)
+    memo[name] = (job, tuple(pods), o)
+    return o
 
 
 def _trial_label(obj: Mapping[str, Any]) -> int | None:
@@ -130,12 +150,13 @@ class _PodCandidates:
 
     def __init__(self, pods: Sequence[Mapping[str, Any]]) -> None:
         self._pods = pods
-        self._by_name: dict[str, list[int]] = {}
+        #: ``job-name`` label -> indexes of its pods, in the index's order.
+        self.by_name: dict[str, list[int]] = {}
         self._by_trial: dict[int, list[int]] = {}
         for i, p in enumerate(pods):
             name = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
             if isinstance(name, str):
-                self._by_name.setdefault(name, []).append(i)
+                self.by_name.setdefault(name, []).append(i)
             trial = _trial_label(p)
             if trial is not None:
                 self._by_trial.setdefault(trial, []).append(i)
@@ -144,7 +165,7 @@ class _PodCandidates:
         """Every pod that may be the Job's, in the index's order (the last pod seen wins)."""
         name = str((job.get("metadata") or {}).get("name", ""))
         trial = _trial_label(job)
-        found = set(self._by_name.get(name, ()))
+        found = set(self.by_name.get(name, ()))
         found.update(self._by_trial.get(trial, ()) if trial is not None else ())
         return [self._pods[i] for i in sorted(found)]
 
@@ -180,14 +201,11 @@ async def with_log_tails(
     out = []
     container = spec.trial.trainer_container().get("name")
     for j in jobs:
+        if j.phase != "Failed" or j.failure != "UserError":
+            out.append(j)  # the common case, checked first: a pass sees every Job kept
+            continue
         rec = snap.trial(j.trial)
-        about_to_fail = (
-            j.phase == "Failed"
-            and j.failure == "UserError"
-            and rec is not None
-            and rec.state == "RUNNING"
-            and rec.attempt == j.attempt
-        )
+        about_to_fail = rec is not None and rec.state == "RUNNING" and rec.attempt == j.attempt
         pod_name = ((pods_by_job.get(j.name) or {}).get("metadata") or {}).get("name")
         if about_to_fail and pod_name:
             tail = await asyncio.to_thread(rt.api.pod_log_tail, namespace, pod_name, container)

@@ -12,7 +12,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from kubetune.jobs import study_label
 from kubetune.kube_client import KubeApi
 from kubetune.ledger import Ledger
 from kubetune.metrics import OperatorMetrics
+from kubetune.observed_job import ObservedJob
 from kubetune.reconcile import EventBudget, EventSpec
 from kubetune.tokens import TokenSigner
 from kubetune.wakeups import WakeFilter
@@ -34,6 +35,10 @@ __all__ = ["Runtime", "StudyKey", "StudyState"]
 T = TypeVar("T")
 #: (namespace, the study's ``kubetune.io/study`` label value): what Job and Pod events carry.
 StudyKey = tuple[str, str]
+
+
+#: A Job's and its pods' index entries, and the :class:`ObservedJob` made of them.
+ObservedMemo = tuple[Mapping[str, Any], tuple[Mapping[str, Any], ...], ObservedJob | None]
 
 
 @dataclasses.dataclass
@@ -61,6 +66,9 @@ class StudyState:
     event_budget: EventBudget = dataclasses.field(default_factory=EventBudget)
     #: Which Job and Pod events change what the decision reads (the others wake no pass).
     wakeups: WakeFilter = dataclasses.field(default_factory=WakeFilter)
+    #: Job name -> (its index entry, its pods' entries, what they were observed as); kopf
+    #: replaces an entry when the object changes, so the same entries observe the same.
+    observed: dict[str, ObservedMemo] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -417,3 +417,17 @@ def test_a_settlement_rewrites_one_shard_whatever_the_study_size(fresh_database:
     assert ledger.snapshot(study).usage[3999].gpu_seconds == 1.25
     # Shard 3's keys have four digits, shard 0's one to three: up to ~10 % more bytes.
     assert 0 < per_settlement[4000] < 1.2 * per_settlement[1000], per_settlement
+
+
+def test_usage_shards_on_a_storage_without_sql() -> None:
+    """Optuna's in-memory storage has no tables to lock: the shards are written one by one,
+    with the same result as on PostgreSQL."""
+    ledger = Ledger(optuna.storages.InMemoryStorage())
+    study = ledger.open(make_spec(), namespace="ml", name="demo", uid="u")
+    ledger.snapshot(study)
+    ledger.record_usage(study, [RecordUsage(1, 1, 2.0), RecordUsage(1001, 1, 3.0)])
+    ledger.record_usage(study, [RecordUsage(2, 1, 1.0)])
+    assert study.user_attrs[usage_shard(2)] == {"1": [1, 2.0], "2": [1, 1.0]}
+    assert study.user_attrs[usage_shard(1001)] == {"1001": [1, 3.0]}
+    assert ledger.snapshot(study) == snapshot(study)
+    assert sorted(ledger.snapshot(study).usage) == [1, 2, 1001]

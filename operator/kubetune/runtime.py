@@ -58,8 +58,12 @@ def tune_collector() -> None:
 StudyKey = tuple[str, str]
 
 
-#: A Job's and its pods' index entries, and the :class:`ObservedJob` made of them.
-ObservedMemo = tuple[Mapping[str, Any], tuple[Mapping[str, Any], ...], ObservedJob | None]
+#: A Job's and its pods' index entries, the :class:`ObservedJob` made of them, its trial label.
+ObservedMemo = tuple[
+    Mapping[str, Any], tuple[Mapping[str, Any], ...], ObservedJob | None, int | None
+]
+#: A pod's index entry and its ``job-name`` and trial labels.
+PodLabels = tuple[Mapping[str, Any], str | None, int | None]
 
 
 @dataclasses.dataclass
@@ -90,6 +94,8 @@ class StudyState:
     #: Job name -> (its index entry, its pods' entries, what they were observed as); kopf
     #: replaces an entry when the object changes, so the same entries observe the same.
     observed: dict[str, ObservedMemo] = dataclasses.field(default_factory=dict)
+    #: id of a pod's index entry -> its labels, as of last pass (the entries kept alive).
+    pods_seen: dict[int, PodLabels] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -128,3 +128,14 @@ def test_a_pass_observes_again_only_the_entries_kopf_replaced() -> None:
     assert set(state.observed) == {"demo-1", "demo-2", "demo-3"}
     third = observe()
     assert all(a is b for a, b in zip(third, second, strict=True))
+    del pods[2]  # demo-2's pod is gone
+    fourth = observe()
+    assert fourth[1].termination_message is None and fourth[0] is third[0]
+    # A pod matched by its trial label only (no job-name label) is one of demo-3's.
+    pods.append(_pod("p3b", {LABEL_TRIAL: "3", LABEL_ATTEMPT: "0"}, _ended(7)))
+    fifth = observe()
+    assert fifth[2] is not fourth[2] and fifth[:2] == fourth[:2]
+    assert fifth[0] is fourth[0] and fifth[1] is fourth[1]
+    assert observe_children(
+        state, key=KEY, uid=UID, jobs_index={KEY: jobs}, pods_index={KEY: pods}
+    ).pods_by_job == {"demo-0": pods[0], "demo-1": pods[1], "demo-3": pods[2]}

@@ -207,7 +207,7 @@ def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
     out = capsys.readouterr().out
     assert f"Study:        {final['optunaStudyName']}  (TuningStudy default/budget)" in out
     assert "2 total: 0 running, 0 complete, 0 pruned, 2 failed" in out
-    assert f"GPU-seconds:  {sum(s for _, s in usage.values()):.1f} used" in out
+    assert f"GPU-seconds:  {sum(u.gpu_seconds for u in usage.values()):.1f} used" in out
     rows = out.split("Last 2 trials:\n")[1].splitlines()[1:]
     assert [r.split()[:2] for r in rows] == [["0", "FAIL"], ["1", "FAIL"]]
     assert all("StudyStopped" in r for r in rows)

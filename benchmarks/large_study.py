@@ -31,12 +31,14 @@ slope of its own. Two measures, both in-process against the harness's PostgreSQL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -66,6 +68,8 @@ ETCD_LIMIT_BYTES = 1536 * 1024
 #: "No second slope": the operator/raw ratio at the largest N is at most this many times the
 #: ratio at the smallest (an allowance for the noise of a shared machine, not a slope).
 SLOPE_TOLERANCE = 1.25
+#: CPython's collector thresholds: raw Optuna runs under them, as in a user's process.
+CPYTHON_GC_THRESHOLDS = (700, 10, 10)
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"finished": [50], "window": 4, "samplers": ["Random"], "status": [1000]},
     "short": {
@@ -198,18 +202,27 @@ class _World:
         self.running.append((number, params))
 
     def complete(self) -> int:
-        """The oldest running trial's pod ends with its result; its Job turns Complete."""
+        """The oldest running trial's pod ends with its result; its Job turns Complete. The
+        index entries are replaced, not changed, as kopf replaces them on each event."""
         from kubetune.jobs import job_name
 
         number, params = self.running.pop(0)
-        job, pod = self.by_name[job_name(self.name, number, 0)]
+        name = job_name(self.name, number, 0)
+        job, pod = self.by_name[name]
         stamp = _stamp()
         conds = [{"type": t, "status": "True", "lastTransitionTime": stamp} for t in _DONE]
-        job["status"] = {**job["status"], "active": 0, "ready": 0, "succeeded": 1}
-        job["status"].update(completionTime=stamp, conditions=conds)
+        status = {**job["status"], "active": 0, "ready": 0, "succeeded": 1}
+        status.update(completionTime=stamp, conditions=conds)
         message = json.dumps({"values": [_loss(params)]})
         ended = {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}
-        pod["status"] = {"phase": "Succeeded", "containerStatuses": [_trainer(ended)]}
+        done = {**job, "status": status}
+        ended_pod = {
+            **pod,
+            "status": {"phase": "Succeeded", "containerStatuses": [_trainer(ended)]},
+        }
+        _replace(self.jobs, job, done)
+        _replace(self.pods, pod, ended_pod)
+        self.by_name[name] = (done, ended_pod)
         return number
 
     def expire(self, number: int) -> None:
@@ -222,6 +235,15 @@ class _World:
 
 
 _DONE = ("SuccessCriteriaMet", "Complete")
+
+
+def _replace(items: list[dict[str, Any]], old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Put ``new`` where ``old`` is (searched from the end: the running trials are recent)."""
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] is old:
+            items[i] = new
+            return
+    raise ValueError("not in the index")
 
 
 def _trainer(state: dict[str, Any]) -> dict[str, Any]:
@@ -418,12 +440,42 @@ def measure(
     op.passes = 0
     raw_runs, op_runs = [], []
     for _ in range(window):
-        raw_runs.append(_raw_trial(raw, op.spec))
+        with _collector(CPYTHON_GC_THRESHOLDS):
+            raw_runs.append(_raw_trial(raw, op.spec))
         op_runs.append(_operator_trial(op, passes))
     op.loop.close()
     op.ledger.storage.engine.dispose()
     raw._storage._backend.engine.dispose()  # type: ignore[attr-defined]
     return _point(sampler, finished, raw_runs, op_runs, op, fill_s=fill_s, passes=passes)
+
+
+@contextlib.contextmanager
+def _collector(thresholds: tuple[int, int, int]) -> Iterator[None]:
+    """Run under these collector thresholds (the process's are the operator's)."""
+    old = gc.get_threshold()
+    gc.set_threshold(*thresholds)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+@contextlib.contextmanager
+def _like_the_operator(collector: str) -> Iterator[dict[str, Any]]:
+    """The operator's start-up collector settings (``kubetune.runtime.tune_collector``, once
+    its modules are imported), unless ``collector`` is ``default``; undone after (the smoke
+    test runs in the test process)."""
+    import kubetune.handlers  # noqa: F401 - what the operator process has imported
+    from kubetune.runtime import tune_collector
+
+    old = gc.get_threshold()
+    if collector == "tuned":
+        tune_collector()
+    try:
+        yield {"collector": collector, "gc_thresholds": list(gc.get_threshold())}
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*old)
 
 
 def _point(
@@ -608,36 +660,51 @@ def main(argv: Sequence[str] | None = None, url: str | None = None) -> dict[str,
         "--passes", type=int, default=PASSES_PER_TRIAL, help="reconcile passes per trial"
     )
     p.add_argument("--jobs-kept", choices=("all", "none"), default="all", help="finished Jobs")
+    p.add_argument(
+        "--collector",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="the operator side's garbage collector: as the operator sets it, or CPython's",
+    )
     args = p.parse_args(argv)
     cfg = SIZES[size_name(args)]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    server = start_server() if url is None else None
-    try:
-        if server is not None:
-            url = server.url(server.create_database("large"))
-        assert url is not None
-        info = conditions(
-            url,
-            parallelism=PARALLELISM,
-            window=cfg["window"],
-            passes_per_trial=args.passes,
-            jobs_kept=args.jobs_kept,
-            driven_by="in-process (no kopf, no API server)",
-        )
-        print_conditions(info)
-        points = [
-            measure(
-                url, s, n, window=cfg["window"], passes=args.passes, keep=args.jobs_kept == "all"
+    with _like_the_operator(args.collector) as collector:
+        server = start_server() if url is None else None
+        try:
+            if server is not None:
+                url = server.url(server.create_database("large"))
+            assert url is not None
+            info = conditions(
+                url,
+                parallelism=PARALLELISM,
+                window=cfg["window"],
+                passes_per_trial=args.passes,
+                jobs_kept=args.jobs_kept,
+                driven_by="in-process (no kopf, no API server)",
+                **collector,
             )
-            for n in cfg["finished"]
-            for s in cfg["samplers"]
+            print_conditions(info)
+            points = [
+                measure(
+                    url,
+                    s,
+                    n,
+                    window=cfg["window"],
+                    passes=args.passes,
+                    keep=args.jobs_kept == "all",
+                )
+                for n in cfg["finished"]
+                for s in cfg["samplers"]
+            ]
+        finally:
+            if server is not None:
+                server.cleanup()
+        status = [
+            status_point(n, k, repeats=3 if n >= 100000 else 5)
+            for k in (1, 2)
+            for n in cfg["status"]
         ]
-    finally:
-        if server is not None:
-            server.cleanup()
-    status = [
-        status_point(n, k, repeats=3 if n >= 100000 else 5) for k in (1, 2) for n in cfg["status"]
-    ]
     info["load_average_1m_5m_end"] = [round(x, 2) for x in os.getloadavg()]
     _print(points, status)
     result = {

@@ -38,7 +38,7 @@ from kubetune.observe import ChildIndex, configure_watching
 from kubetune.observed_job import slim_job, slim_pod
 from kubetune.report_bridge import on_report_event, resolve_study
 from kubetune.reporting import create_report_app
-from kubetune.runtime import Runtime
+from kubetune.runtime import Runtime, tune_collector
 from kubetune.spec import GROUP, PLURAL, VERSION
 from kubetune.study_loop import finish_deleted_study, run_study_loop
 from kubetune.tokens import TokenSigner
@@ -81,6 +81,7 @@ async def startup(**kwargs: Any) -> None:
     if not isinstance(registry, CollectorRegistry):
         registry = CollectorRegistry()
     rt = _make_runtime(config, registry)
+    tune_collector()
     rt.events.start()
     await _start_servers(rt)
     memo.runtime = rt

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +23,7 @@ import kopf
 from kubetune.jobs import LABEL_STUDY, LABEL_TRIAL
 from kubetune.observed_job import ObservedJob, observe_job
 from kubetune.reconcile import ExpectedJob
-from kubetune.runtime import Runtime, StudyState
+from kubetune.runtime import ObservedMemo, PodLabels, Runtime, StudyState
 from kubetune.spec import TuningStudy, TuningStudySpec, parse_manifest
 from kubetune.status import LedgerSnapshot
 
@@ -84,7 +86,18 @@ def parse_body(body: Mapping[str, Any]) -> TuningStudy:
 class Observed:
     jobs: list[ObservedJob]
     expected: list[ExpectedJob]
-    pods_by_job: dict[str, dict[str, Any]]
+    pods: Sequence[Mapping[str, Any]]
+
+    @functools.cached_property
+    def pods_by_job(self) -> dict[str, Mapping[str, Any]]:
+        """Each ``job-name`` label's last pod in the index; built when a failed Job's log is
+        wanted, not every pass."""
+        out: dict[str, Mapping[str, Any]] = {}
+        for p in self.pods:
+            name = _name_label(p)
+            if name is not None:
+                out[name] = p
+        return out
 
 
 def observe_children(
@@ -96,24 +109,89 @@ def observe_children(
     pods_index: ChildIndex,
     wait: float = EXPECTATION_SECONDS,
 ) -> Observed:
-    """The study's Jobs from the index (only those it owns), and the Jobs created but unseen."""
+    """The study's Jobs from the index (only those it owns), and the Jobs created but unseen.
+
+    A Job whose index entry is the one of last pass, and none of whose candidate pods (same
+    ``job-name`` or trial label) was added, replaced or removed since, is what it was; the
+    rest are observed anew. A walk of every Job and pod observed each took 60-80 % of a
+    pass at 10,000 Jobs kept (benchmarks/README.md, 7.).
+    """
     pods = list(pods_index.get(key, []))
-    candidates = _PodCandidates(pods)
+    labels, dirty_names, dirty_trials = _pod_labels(state, pods)
+    candidates: _PodCandidates | None = None
     observed: list[ObservedJob] = []
+    memo: dict[str, ObservedMemo] = {}
     for job in jobs_index.get(key, []):
+        name = str((job.get("metadata") or {}).get("name", ""))
+        hit = state.observed.get(name)
+        clean = hit is not None and name not in dirty_names and hit[3] not in dirty_trials
+        if clean and hit is not None and hit[0] is job:
+            memo[name] = hit  # owned: only owned Jobs are remembered
+            if hit[2] is not None:
+                observed.append(hit[2])
+            continue
         owners = (job.get("metadata") or {}).get("ownerReferences") or []
         if uid and not any(o.get("uid") == uid for o in owners):
             continue  # a Job of an earlier TuningStudy with the same name
-        o = observe_job(job, candidates.of(job))
+        candidates = candidates or _PodCandidates(labels)
+        o = _observe(hit, memo, name, job, candidates.of(name, _trial_label(job)))
         if o is not None:
             observed.append(o)
-    pods_by_job: dict[str, dict[str, Any]] = {}
-    for p in pods:
-        jn = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if isinstance(jn, str):
-            pods_by_job[jn] = p
+    state.observed = memo  # Jobs gone from the index are forgotten
     expected = _expectations(state, {o.name for o in observed}, time.monotonic(), wait)
-    return Observed(observed, expected, pods_by_job)
+    return Observed(observed, expected, pods)
+
+
+def _observe(
+    hit: ObservedMemo | None,
+    memo: dict[str, ObservedMemo],
+    name: str,
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+) -> ObservedJob | None:
+    """``observe_job``, or what it returned last pass for the same entries."""
+    same = (
+        hit is not None
+        and hit[0] is job
+        and len(hit[1]) == len(pods)
+        and all(map(operator.is_, hit[1], pods))
+    )
+    o = hit[2] if same and hit is not None else observe_job(job, pods)
+    memo[name] = (job, tuple(pods), o, _trial_label(job))
+    return o
+
+
+def _pod_labels(
+    state: StudyState, pods: Sequence[Mapping[str, Any]]
+) -> tuple[list[PodLabels], set[str], set[int]]:
+    """Each pod's ``job-name`` and trial labels (read once per index entry), and the labels
+    of the entries added or removed since last pass (a replaced entry is both)."""
+    last = state.pods_seen
+    seen: dict[int, PodLabels] = {}
+    names: set[str] = set()
+    trials: set[int] = set()
+    for p in pods:
+        e = last.get(id(p))  # last pass's entries are alive: an id is not reused
+        if e is None or e[0] is not p:
+            e = (p, _name_label(p), _trial_label(p))
+            _mark(e, names, trials)
+        seen[id(p)] = e
+    for gone in last.keys() - seen.keys():
+        _mark(last[gone], names, trials)
+    state.pods_seen = seen
+    return list(seen.values()), names, trials
+
+
+def _mark(e: PodLabels, names: set[str], trials: set[int]) -> None:
+    if e[1] is not None:
+        names.add(e[1])
+    if e[2] is not None:
+        trials.add(e[2])
+
+
+def _name_label(obj: Mapping[str, Any]) -> str | None:
+    raw = ((obj.get("metadata") or {}).get("labels") or {}).get("job-name")
+    return raw if isinstance(raw, str) else None
 
 
 def _trial_label(obj: Mapping[str, Any]) -> int | None:
@@ -128,22 +206,18 @@ class _PodCandidates:
     0.6 s at 1,000 Jobs and a minute at 10,000 (benchmarks/README.md, large_study).
     ``observe_job`` still picks the pods that are the Job's own among these."""
 
-    def __init__(self, pods: Sequence[Mapping[str, Any]]) -> None:
-        self._pods = pods
+    def __init__(self, labels: Sequence[PodLabels]) -> None:
+        self._pods = [e[0] for e in labels]
         self._by_name: dict[str, list[int]] = {}
         self._by_trial: dict[int, list[int]] = {}
-        for i, p in enumerate(pods):
-            name = ((p.get("metadata") or {}).get("labels") or {}).get("job-name")
-            if isinstance(name, str):
+        for i, (_, name, trial) in enumerate(labels):
+            if name is not None:
                 self._by_name.setdefault(name, []).append(i)
-            trial = _trial_label(p)
             if trial is not None:
                 self._by_trial.setdefault(trial, []).append(i)
 
-    def of(self, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    def of(self, name: str, trial: int | None) -> list[Mapping[str, Any]]:
         """Every pod that may be the Job's, in the index's order (the last pod seen wins)."""
-        name = str((job.get("metadata") or {}).get("name", ""))
-        trial = _trial_label(job)
         found = set(self._by_name.get(name, ()))
         found.update(self._by_trial.get(trial, ()) if trial is not None else ())
         return [self._pods[i] for i in sorted(found)]
@@ -180,14 +254,11 @@ async def with_log_tails(
     out = []
     container = spec.trial.trainer_container().get("name")
     for j in jobs:
+        if j.phase != "Failed" or j.failure != "UserError":
+            out.append(j)  # the common case, checked first: a pass sees every Job kept
+            continue
         rec = snap.trial(j.trial)
-        about_to_fail = (
-            j.phase == "Failed"
-            and j.failure == "UserError"
-            and rec is not None
-            and rec.state == "RUNNING"
-            and rec.attempt == j.attempt
-        )
+        about_to_fail = rec is not None and rec.state == "RUNNING" and rec.attempt == j.attempt
         pod_name = ((pods_by_job.get(j.name) or {}).get("metadata") or {}).get("name")
         if about_to_fail and pod_name:
             tail = await asyncio.to_thread(rt.api.pod_log_tail, namespace, pod_name, container)

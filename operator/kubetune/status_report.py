@@ -183,10 +183,10 @@ def _report_best(
 
 
 def _report_gpu(study: optuna.Study, snap: LedgerSnapshot) -> str:
-    from kubetune.ledger import USAGE_ATTR
+    from kubetune.ledger import is_usage_attr
     from kubetune.status import gpu_seconds_saved
 
-    if USAGE_ATTR not in study.user_attrs:
+    if not any(is_usage_attr(k) for k in study.user_attrs):
         return "GPU-seconds:  not recorded (kubetune run does not account GPU time)"
     states = {t.number: t.state for t in snap.trials}
     used = sum(u.gpu_seconds for u in snap.usage.values())

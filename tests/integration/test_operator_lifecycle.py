@@ -29,6 +29,7 @@ from operator_fixtures import (
 
 from harness import Cluster
 from kubetune.cli import main
+from kubetune.ledger import stored_usage
 
 NS = "default"
 
@@ -190,11 +191,13 @@ def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
         assert "GpuBudgetExhausted" in t.user_attrs["kubetune:fail_message"]
     # The stopped trials' GPU time is settled in the ledger, and the status shows it.
     study = optuna.load_study(study_name=final["optunaStudyName"], storage=operator_env_vars)
-    usage = study.user_attrs["kubetune:usage"]
-    assert sorted(usage) == ["0", "1"]
-    assert all(seconds > 0 for _, seconds in usage.values())
+    usage = stored_usage(study.user_attrs)
+    assert sorted(usage) == [0, 1]
+    assert all(u.gpu_seconds > 0 for u in usage.values())
     assert final["gpuSeconds"]["used"] >= 6
-    assert final["gpuSeconds"]["used"] == pytest.approx(sum(s for _, s in usage.values()), 0.01)
+    assert final["gpuSeconds"]["used"] == pytest.approx(
+        sum(u.gpu_seconds for u in usage.values()), 0.01
+    )
     assert reasons_of(cluster, "budget").count("TrialsStopped") == 1
     assert "TrialFailed" not in reasons_of(cluster, "budget")  # one Event, not one per trial
 
@@ -204,7 +207,7 @@ def test_a_study_over_its_gpu_budget_stops_its_running_trials_and_counts_them(
     out = capsys.readouterr().out
     assert f"Study:        {final['optunaStudyName']}  (TuningStudy default/budget)" in out
     assert "2 total: 0 running, 0 complete, 0 pruned, 2 failed" in out
-    assert f"GPU-seconds:  {sum(s for _, s in usage.values()):.1f} used" in out
+    assert f"GPU-seconds:  {sum(u.gpu_seconds for u in usage.values()):.1f} used" in out
     rows = out.split("Last 2 trials:\n")[1].splitlines()[1:]
     assert [r.split()[:2] for r in rows] == [["0", "FAIL"], ["1", "FAIL"]]
     assert all("StudyStopped" in r for r in rows)

@@ -261,10 +261,18 @@ def test_ledger_snapshot_smoke(fresh_database: str, tmp_path: Path) -> None:
 
 
 def test_large_study_smoke(fresh_database: str, tmp_path: Path) -> None:
+    import gc
+
     from benchmarks import large_study
 
+    from kubetune.runtime import GC_THRESHOLDS
+
+    before = gc.get_threshold()
     large_study.main(["--smoke", "--out", str(tmp_path)], url=fresh_database)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # undone after
     result = _written(tmp_path, "large_study")
+    # The operator side ran with the collector as the operator sets it.
+    assert result["conditions"]["gc_thresholds"] == list(GC_THRESHOLDS)
     (point,) = result["points"]
     assert point["finished"] == 50 and point["window"] == 4 and point["passes_per_trial"] == 3
     assert point["raw_p50_ms"] > 0 and point["operator_p50_ms"] > 0 and point["ratio"] > 0

@@ -93,3 +93,49 @@ def test_kopf_pages_its_lists_and_asks_only_for_trial_jobs_and_pods() -> None:
     # Every study is watched; another group's Jobs are none of ours to filter.
     assert selectors.collect(kopf.Resource(GROUP, VERSION, PLURAL)) == []
     assert selectors.collect(kopf.Resource("batch.volcano.sh", "v1alpha1", "jobs")) == []
+
+
+def test_a_pass_observes_again_only_the_entries_kopf_replaced() -> None:
+    """kopf replaces an index entry when its object changes: a Job whose entry and pods are
+    the same objects as last pass is not observed again, any other is, and every pass sees
+    what a first observation of the same indexes sees."""
+    state = StudyState()
+    running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    jobs = [_job(n, active=1) for n in range(4)]
+    pods = [_pod(f"p{n}", {"job-name": f"demo-{n}"}, running) for n in range(3)]
+
+    def observe() -> list[Any]:
+        seen = observe_children(
+            state, key=KEY, uid=UID, jobs_index={KEY: jobs}, pods_index={KEY: pods}
+        )
+        fresh = observe_children(
+            StudyState(), key=KEY, uid=UID, jobs_index={KEY: jobs}, pods_index={KEY: pods}
+        )
+        assert seen == fresh
+        return seen.jobs
+
+    first = observe()
+    assert observe()[0] is first[0]  # nothing replaced: the same values
+    jobs[1] = _job(1, succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    pods[2] = _pod("p2", {"job-name": "demo-2"}, _ended(0, '{"values": [2]}'))  # its pod's
+    pods.append(_pod("p3", {"job-name": "demo-3"}, running))  # a pod appears for demo-3
+    del jobs[0]  # the Job is gone from the index
+    second = observe()
+    assert [j.name for j in second] == ["demo-1", "demo-2", "demo-3"]
+    assert second[0].phase == "Succeeded" and second[0] != first[1]
+    assert second[1].termination_message == '{"values": [2]}'
+    assert second[2].running_since is not None and first[3].running_since is None
+    assert set(state.observed) == {"demo-1", "demo-2", "demo-3"}
+    third = observe()
+    assert all(a is b for a, b in zip(third, second, strict=True))
+    del pods[2]  # demo-2's pod is gone
+    fourth = observe()
+    assert fourth[1].termination_message is None and fourth[0] is third[0]
+    # A pod matched by its trial label only (no job-name label) is one of demo-3's.
+    pods.append(_pod("p3b", {LABEL_TRIAL: "3", LABEL_ATTEMPT: "0"}, _ended(7)))
+    fifth = observe()
+    assert fifth[2] is not fourth[2] and fifth[:2] == fourth[:2]
+    assert fifth[0] is fourth[0] and fifth[1] is fourth[1]
+    assert observe_children(
+        state, key=KEY, uid=UID, jobs_index={KEY: jobs}, pods_index={KEY: pods}
+    ).pods_by_job == {"demo-0": pods[0], "demo-1": pods[1], "demo-3": pods[2]}

@@ -8,9 +8,9 @@ What the ledger records beyond Optuna's own fields:
 
 - study user attrs: ``kubetune:spec_hash`` (the immutable part of the spec, to refuse
   changes), ``kubetune:enqueued`` (warm-start trials were enqueued, once),
-  ``kubetune:namespace|name|uid`` (which TuningStudy owns it), ``kubetune:usage`` (GPU-seconds
-  settled per trial: ``{"<number>": [attempts_settled, gpu_seconds]}``; a study attr because
-  finished trials cannot take new attrs);
+  ``kubetune:namespace|name|uid`` (which TuningStudy owns it), ``kubetune:usage:<k>`` (GPU-seconds
+  settled per trial, ``{"<number>": [attempts_settled, gpu_seconds]}``, in shards of 1,000
+  trials; study attrs because finished trials cannot take new attrs; see ``_usage``);
 - trial user attrs: ``kubetune:attempt`` (current attempt; the report API checks tokens against
   it), ``kubetune:job_created`` (highest attempt whose Job creation was confirmed; tells "the
   operator crashed before creating the Job" from "the Job was deleted"),
@@ -30,11 +30,10 @@ writers other than this process.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -51,13 +50,19 @@ from kubetune.ledger._records import (
     PARKED_ATTR,
     REFRESH_SECONDS,
     SPEC_HASH_ATTR,
-    USAGE_ATTR,
     StudyCache,
     rdb,
     read_changes,
     record,
     snapshot,
+)
+from kubetune.ledger._usage import (
+    USAGE_ATTR,
+    USAGE_SHARD_PREFIX,
+    is_usage_attr,
     stored_usage,
+    usage_shard,
+    write_usage,
 )
 from kubetune.reconcile import RecordUsage, spec_hash
 from kubetune.sampling import directions, make_pruner, make_sampler
@@ -79,13 +84,17 @@ __all__ = [
     "SPEC_HASH_ATTR",
     "STORAGE_ERRORS",
     "USAGE_ATTR",
+    "USAGE_SHARD_PREFIX",
     "Ledger",
     "find_trial",
+    "is_usage_attr",
     "make_storage",
     "normalise_storage_url",
     "optuna_study_name",
     "read_trial",
     "snapshot",
+    "stored_usage",
+    "usage_shard",
     "write_intermediate",
     "write_user_attr",
 ]
@@ -271,7 +280,7 @@ class Ledger:
             read_changes(backend, sid, cache, dirty)
         if cache.attrs is None:
             attrs = study.user_attrs
-            cache.attrs = (attrs.get(SPEC_HASH_ATTR), stored_usage(attrs.get(USAGE_ATTR)))
+            cache.attrs = (attrs.get(SPEC_HASH_ATTR), stored_usage(attrs))
         with self._lock:
             self._released.discard(sid)
         return cache.snapshot(study.study_name)
@@ -402,16 +411,20 @@ class Ledger:
         return True
 
     def record_usage(self, study: optuna.Study, records: Iterable[RecordUsage]) -> None:
-        """Merge settled GPU-seconds into the study's usage map (one write)."""
+        """Merge settled GPU-seconds into the study's usage shards (one transaction).
+
+        The cached snapshot takes the shards as written instead of re-reading the study's
+        attributes (which hold every shard).
+        """
         records = list(records)
         if not records:
             return
-        raw = study.user_attrs.get(USAGE_ATTR)
-        usage = dict(raw) if isinstance(raw, Mapping) else {}
-        for r in records:
-            usage[str(r.trial)] = [r.attempts, r.gpu_seconds]
-        study.set_user_attr(USAGE_ATTR, json.loads(json.dumps(usage)))
-        self._touch(study)
+        written = write_usage(rdb(study), study, records)
+        with self._lock:
+            cache = self._caches.get(study._study_id)
+            if cache is not None and cache.attrs is not None:
+                spec_hash_, usage = cache.attrs
+                cache.attrs = (spec_hash_, {**usage, **written})
 
     def fail_running(self, study: optuna.Study, reason: str, message: str) -> int:
         """Fail every RUNNING trial (the TuningStudy is being deleted) but the parked ones,

@@ -20,6 +20,7 @@ from optuna.storages._rdb import models as _models  # private: the incremental s
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
+from kubetune.ledger._usage import stored_usage
 from kubetune.status import LedgerSnapshot, TrialRecord, TrialUsage
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ FAIL_REASON_ATTR = "kubetune:fail_reason"
 FAIL_MESSAGE_ATTR = "kubetune:fail_message"
 SPEC_HASH_ATTR = "kubetune:spec_hash"
 ENQUEUED_ATTR = "kubetune:enqueued"
-USAGE_ATTR = "kubetune:usage"
 #: Last report or heartbeat of a trial (unix seconds, float), written by the report API.
 HEARTBEAT_ATTR = "kubetune:heartbeat"
 _STATES = {
@@ -88,19 +88,6 @@ def _heartbeat(attrs: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def stored_usage(raw: Any) -> dict[int, TrialUsage]:
-    out: dict[int, TrialUsage] = {}
-    if not isinstance(raw, Mapping):
-        return out
-    for key, value in raw.items():
-        try:
-            attempts, seconds = value
-            out[int(key)] = TrialUsage(int(attempts), float(seconds))
-        except (TypeError, ValueError):
-            continue
-    return out
-
-
 def snapshot(study: optuna.Study, finished: dict[int, TrialRecord] | None = None) -> LedgerSnapshot:
     """The whole study as plain data for the pure reconcile.
 
@@ -122,7 +109,7 @@ def snapshot(study: optuna.Study, finished: dict[int, TrialRecord] | None = None
         study_name=study.study_name,
         trials=trials,
         spec_hash=attrs.get(SPEC_HASH_ATTR),
-        usage=stored_usage(attrs.get(USAGE_ATTR)),
+        usage=stored_usage(attrs),
     )
 
 
@@ -140,6 +127,7 @@ class StudyCache:
     max_id: int = -1
     #: Trial numbers this ledger wrote to since the last snapshot.
     dirty: set[int] = dataclasses.field(default_factory=set)
+    #: (spec hash, usage); the usage dict is replaced, never changed: snapshots share it.
     attrs: tuple[Any, dict[int, TrialUsage]] | None = None
     refreshed: float = -math.inf
     trials: tuple[TrialRecord, ...] | None = None
@@ -159,7 +147,7 @@ class StudyCache:
         if self.trials is None:
             self.trials = tuple(self.records[n] for n in sorted(self.records))
         spec_hash_, usage = self.attrs or (None, {})
-        return LedgerSnapshot(study_name, self.trials, spec_hash_, dict(usage))
+        return LedgerSnapshot(study_name, self.trials, spec_hash_, usage)
 
 
 def _finished(rec: TrialRecord) -> bool:

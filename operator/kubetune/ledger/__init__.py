@@ -29,7 +29,6 @@ writers other than this process.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -56,6 +55,14 @@ from kubetune.ledger._records import (
     record,
     snapshot,
 )
+from kubetune.ledger._storage import (
+    find_trial,
+    make_storage,
+    normalise_storage_url,
+    read_trial,
+    write_intermediate,
+    write_user_attr,
+)
 from kubetune.ledger._usage import (
     USAGE_ATTR,
     USAGE_SHARD_PREFIX,
@@ -70,8 +77,6 @@ from kubetune.search_space import suggest_params
 from kubetune.status import LedgerSnapshot, TrialRecord
 
 if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
-
     from kubetune.spec import TuningStudySpec
 
 __all__ = [
@@ -114,42 +119,6 @@ _MAX_MESSAGE = 4000
 def optuna_study_name(namespace: str, name: str, uid: str) -> str:
     """``<namespace>.<name>.<uid>``: a re-created TuningStudy (new uid) gets a fresh study."""
     return f"{namespace}.{name}.{uid}"
-
-
-def normalise_storage_url(url: str, *, have_psycopg3: bool | None = None) -> str:
-    """``postgresql://`` -> ``postgresql+psycopg2://`` when psycopg 3 is not installed.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, while kubetune depends on
-    psycopg2-binary; a URL naming its driver is left alone. ``have_psycopg3`` defaults to
-    whether the ``psycopg`` package is importable.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in {"postgresql", "postgres"}:
-        return url
-    if have_psycopg3 is None:
-        have_psycopg3 = importlib.util.find_spec("psycopg") is not None
-    return url if have_psycopg3 else f"postgresql+psycopg2://{rest}"
-
-
-def make_storage(
-    url: str, *, pool_size: int = 4, max_overflow: int = 4
-) -> optuna.storages.BaseStorage:
-    """One RDB storage with a small pool (``pool_size + max_overflow`` connections at most).
-
-    A bare ``postgresql://`` URL is pointed at the driver we ship (:func:`normalise_storage_url`).
-    """
-    url = normalise_storage_url(url)
-    if url.startswith("sqlite"):
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    else:
-        kwargs = {
-            "pool_size": pool_size,
-            "max_overflow": max_overflow,
-            "pool_pre_ping": True,
-            "pool_recycle": 300,
-            "pool_timeout": 30,
-        }
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def _resumed(study: optuna.Study) -> bool:
@@ -446,26 +415,3 @@ class Ledger:
         for number in parked:
             self.release(study, number)
         return len(parked)
-
-
-# --- One trial by number, for the report API (blocking; Optuna's storage API stays here) ----
-
-
-def find_trial(study: optuna.Study, number: int) -> tuple[int, FrozenTrial]:
-    """The trial's storage id and its stored state; ``KeyError`` when there is no such trial."""
-    storage = study._storage
-    trial_id = int(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-    return trial_id, storage.get_trial(trial_id)
-
-
-def read_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
-    return study._storage.get_trial(trial_id)
-
-
-def write_intermediate(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
-    """Store (or replace) the value of ``step``: the latest report of a step wins."""
-    study._storage.set_trial_intermediate_value(trial_id, step, value)
-
-
-def write_user_attr(study: optuna.Study, trial_id: int, key: str, value: Any) -> None:
-    study._storage.set_trial_user_attr(trial_id, key, value)

@@ -44,6 +44,7 @@ def test_a_blocked_study_releases_every_parked_trial_and_launches_nothing() -> N
     ("sampler", "parallelism", "ask_ahead_field", "expected"),
     [
         ("Random", 8, None, 8),  # proposals ignore results: parking costs nothing
+        ("Random", 50, None, 16),  # ...but each parked trial is held in memory
         ("Grid", 3, None, 3),
         ("TPE", 1, None, 0),  # a sequential study keeps every result for the next ask
         ("TPE", 2, None, 1),

@@ -18,11 +18,13 @@ free slots waited for one ask after another). A parked trial is RUNNING in Optun
   name is fixed by (study, trial, attempt), so a create repeated after a crash is refused by
   the API server, and nothing runs twice.
 
-How many: ``budget.askAhead`` when set; otherwise every slot's worth (``parallelism``) for
-samplers whose proposals do not depend on results (Random, QMC, Grid: parking costs them
-nothing), and for samplers that learn from results (TPE, CMA-ES, GP, NSGA-II) one per eight
-slots, none in a sequential study: each parked trial is proposed without the results that
-arrive while it waits, as if the study ran one trial more at once.
+How many: ``budget.askAhead`` when set; otherwise, for samplers whose proposals do not depend
+on results (Random, QMC, Grid: parking costs them no information), one per slot up to 16 (a
+parked trial is a RUNNING trial that Optuna's cache and the ledger hold in memory: at 100
+studies x 50 slots, one per slot was 5,000 more); for samplers that learn from results (TPE,
+CMA-ES, GP, NSGA-II) one per eight slots, none in a sequential study: each parked trial is
+proposed without the results that arrive while it waits, as if the study ran one trial more
+at once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ __all__ = ["LaunchPlan", "ask_ahead", "plan_launches", "split_parked"]
 
 #: Samplers whose next proposal does not depend on the results told so far.
 RESULT_BLIND_SAMPLERS = frozenset({"Random", "QMC", "Grid"})
+#: The most trials a study keeps asked ahead unless ``askAhead`` says otherwise.
+MAX_DEFAULT_ASK_AHEAD = 16
 
 
 def ask_ahead(spec: TuningStudySpec) -> int:
@@ -50,7 +54,7 @@ def ask_ahead(spec: TuningStudySpec) -> int:
     if spec.budget.ask_ahead is not None:
         return min(spec.budget.ask_ahead, parallelism)
     if spec.sampler.type in RESULT_BLIND_SAMPLERS:
-        return parallelism
+        return min(parallelism, MAX_DEFAULT_ASK_AHEAD)
     return 0 if parallelism == 1 else math.ceil(parallelism / 8)
 
 

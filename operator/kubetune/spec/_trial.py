@@ -51,9 +51,9 @@ class Budget(_Model):
         le=1000,
         description="Trials asked of the sampler before a slot frees, so that a free slot gets "
         "its next trial without waiting for an ask (at most parallelism; 0: ask only when a "
-        "slot frees). Unset: parallelism for Random, QMC and Grid (their proposals ignore "
-        "results), else one per 8 slots and none at parallelism 1 (a trial asked ahead misses "
-        "the results that arrive while it waits).",
+        "slot frees). Unset: parallelism (at most 16) for Random, QMC and Grid (their proposals "
+        "ignore results), else one per 8 slots and none at parallelism 1 (a trial asked ahead "
+        "misses the results that arrive while it waits).",
     )
 
 

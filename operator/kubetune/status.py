@@ -192,7 +192,7 @@ def _completed(trials: Sequence[TrialRecord], n: int) -> list[TrialRecord]:
         if t.state == "COMPLETE"
         and t.values is not None
         and len(t.values) == n
-        and all(math.isfinite(v) for v in t.values)
+        and all(map(math.isfinite, t.values))
     ]
 
 

@@ -31,19 +31,24 @@ def settle_usage(
     gpus: float,
     now: datetime,
 ) -> tuple[tuple[RecordUsage, ...], dict[int, TrialUsage]]:
-    """Settle the GPU-seconds of finished Jobs whose attempts are not accounted for yet."""
-    known = {t.number for t in trials}
-    finished: dict[int, list[ObservedJob]] = {}
+    """Settle the GPU-seconds of finished Jobs whose attempts are not accounted for yet.
+
+    A finished Job of a settled attempt costs one lookup: a long study keeps thousands of
+    them (``ttlSecondsAfterFinished``), and this runs every pass."""
+    unsettled: dict[int, list[ObservedJob]] = {}
     for j in jobs:
-        if j.phase in ("Succeeded", "Failed") and j.trial in known:
-            finished.setdefault(j.trial, []).append(j)
+        if j.phase not in ("Succeeded", "Failed"):
+            continue
+        settled = usage.get(j.trial)
+        if settled is None or j.attempt >= settled.attempts:
+            unsettled.setdefault(j.trial, []).append(j)
+    known = {t.number for t in trials} if unsettled else set()
     new_usage = dict(usage)
     actions: list[RecordUsage] = []
-    for trial, done in sorted(finished.items()):
-        current = usage.get(trial, TrialUsage())
-        fresh = [j for j in done if j.attempt >= current.attempts]
-        if not fresh:
+    for trial, fresh in sorted(unsettled.items()):
+        if trial not in known:
             continue
+        current = usage.get(trial, TrialUsage())
         seconds = current.gpu_seconds + sum(job_seconds(j, now) * gpus for j in fresh)
         attempts = max(j.attempt for j in fresh) + 1
         new_usage[trial] = TrialUsage(attempts, seconds)

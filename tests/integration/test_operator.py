@@ -374,6 +374,15 @@ def test_operator_killed_and_restarted_mid_study_converges_exactly(
     ]
 
 
+def _asked(database_url: str, cluster: Cluster, name: str) -> int:
+    """Trials whose ask finished (parameters and ``kubetune:attempt`` stored)."""
+    optuna_name = status(cluster, name).get("optunaStudyName")
+    if not optuna_name:
+        return 0
+    study = optuna.load_study(study_name=optuna_name, storage=database_url)
+    return sum(1 for t in study.get_trials(deepcopy=False) if "kubetune:attempt" in t.user_attrs)
+
+
 def test_storage_outage_sets_a_condition_and_the_study_recovers(  # noqa: PLR0917
     cluster: Cluster,
     operator_env_vars: str,
@@ -391,6 +400,10 @@ def test_storage_outage_sets_a_condition_and_the_study_recovers(  # noqa: PLR091
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
         _wait_pods(cluster, ["outage-0", "outage-1"])
+        # The third trial is asked ahead after the launches; an outage in the middle of that
+        # ask would fail it (AskInterrupted, docs/architecture.md). Here the outage comes
+        # while only trainers run: once the parked trial is fully asked.
+        cluster.api.wait_for(lambda: _asked(operator_env_vars, cluster, "outage") == 3)
         postgres_server.stop()
         try:
             cluster.api.wait_for(

@@ -20,8 +20,8 @@ from typing import Any
 
 import kopf
 
-from kubetune.jobs import LABEL_STUDY, LABEL_TRIAL
-from kubetune.observed_job import ObservedJob, observe_job
+from kubetune.jobs import LABEL_STUDY
+from kubetune.observed_job import ObservedJob, observe_job, trial_label
 from kubetune.reconcile import ExpectedJob
 from kubetune.runtime import ObservedMemo, PodLabels, Runtime, StudyState
 from kubetune.spec import TuningStudy, TuningStudySpec, parse_manifest
@@ -134,7 +134,7 @@ def observe_children(
         if uid and not any(o.get("uid") == uid for o in owners):
             continue  # a Job of an earlier TuningStudy with the same name
         candidates = candidates or _PodCandidates(labels)
-        o = _observe(hit, memo, name, job, candidates.of(name, _trial_label(job)))
+        o = _observe(hit, memo, name, job, candidates.of(name, trial_label(job)))
         if o is not None:
             observed.append(o)
     state.observed = memo  # Jobs gone from the index are forgotten
@@ -157,7 +157,7 @@ def _observe(
         and all(map(operator.is_, hit[1], pods))
     )
     o = hit[2] if same and hit is not None else observe_job(job, pods)
-    memo[name] = (job, tuple(pods), o, _trial_label(job))
+    memo[name] = (job, tuple(pods), o, trial_label(job))
     return o
 
 
@@ -173,7 +173,7 @@ def _pod_labels(
     for p in pods:
         e = last.get(id(p))  # last pass's entries are alive: an id is not reused
         if e is None or e[0] is not p:
-            e = (p, _name_label(p), _trial_label(p))
+            e = (p, _name_label(p), trial_label(p))
             _mark(e, names, trials)
         seen[id(p)] = e
     for gone in last.keys() - seen.keys():
@@ -192,11 +192,6 @@ def _mark(e: PodLabels, names: set[str], trials: set[int]) -> None:
 def _name_label(obj: Mapping[str, Any]) -> str | None:
     raw = ((obj.get("metadata") or {}).get("labels") or {}).get("job-name")
     return raw if isinstance(raw, str) else None
-
-
-def _trial_label(obj: Mapping[str, Any]) -> int | None:
-    raw = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TRIAL)
-    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
 
 
 class _PodCandidates:

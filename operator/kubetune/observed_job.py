@@ -44,6 +44,7 @@ __all__ = [
     "parse_time",
     "slim_job",
     "slim_pod",
+    "trial_label",
 ]
 
 #: Container waiting reasons that mean the image will not come (retrying will not help).
@@ -100,6 +101,11 @@ def _int_label(labels: Mapping[str, Any], key: str) -> int | None:
     if isinstance(raw, str) and raw.isdigit():
         return int(raw)
     return None
+
+
+def trial_label(obj: Mapping[str, Any]) -> int | None:
+    """The trial number a Job's or Pod's ``kubetune.io/trial`` label names, if any."""
+    return _int_label((obj.get("metadata") or {}).get("labels") or {}, LABEL_TRIAL)
 
 
 def _condition(obj: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:

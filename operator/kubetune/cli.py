@@ -176,6 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     and last trials. Without ``--storage`` NAME is a local run's (``kubetune-NAME.db`` here)."""
     import optuna
 
+    from kubetune.ledger import OPEN_ERRORS
     from kubetune.status_report import pick_study, study_list, study_report
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -192,7 +193,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         text = study_report(study, last=args.last, now=datetime.now(UTC))
     except LookupError as e:
         raise UserFacingError(str(e)) from None
-    except _storage_errors() as e:
+    except OPEN_ERRORS as e:
         from kubetune.local_summary import redact
 
         raise UserFacingError(f"cannot read storage {redact(storage)}: {_first_line(e)}") from None
@@ -200,19 +201,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(note)
     print(text, end="")
     return 0
-
-
-def _storage_errors() -> tuple[type[BaseException], ...]:
-    import optuna
-    import sqlalchemy.exc
-
-    return (
-        optuna.exceptions.StorageInternalError,
-        sqlalchemy.exc.SQLAlchemyError,
-        ImportError,
-        ValueError,
-        OSError,
-    )
 
 
 def _first_line(error: BaseException) -> str:

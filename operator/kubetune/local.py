@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from kubetune._local_plan import normalise_storage_url, trial_command, trial_env
-from kubetune.ledger import STORAGE_ERRORS, Ledger
+from kubetune.ledger import OPEN_ERRORS, STORAGE_ERRORS, Ledger
 from kubetune.local_study import (
     INTERRUPTED,
     LOCAL_NAMESPACE,
@@ -83,7 +83,6 @@ __all__ = [
 #: Seconds between passes while no process ended (heartbeat timeouts, the study deadline).
 RESYNC_SECONDS = 1.0
 _DONE = ("Succeeded", "Failed", "Invalid")
-_OPEN_ERRORS: tuple[type[BaseException], ...] = (*STORAGE_ERRORS, ImportError, ValueError)
 
 
 class LocalRunError(RuntimeError):
@@ -128,7 +127,7 @@ def _open(ts: TuningStudy, spec: TuningStudySpec, storage: str) -> tuple[Ledger,
             study_name=name,
         )
         changed = spec_changed(spec, ledger.snapshot(study))
-    except _OPEN_ERRORS as exc:
+    except OPEN_ERRORS as exc:
         raise LocalRunError(f"cannot open storage {redact(storage)}: {_one_line(exc)}") from None
     if changed or study.directions != directions(spec):
         raise LocalRunError(

@@ -86,6 +86,7 @@ __all__ = [
     "FAIL_REASON_ATTR",
     "HEARTBEAT_ATTR",
     "JOB_CREATED_ATTR",
+    "OPEN_ERRORS",
     "SPEC_HASH_ATTR",
     "STORAGE_ERRORS",
     "USAGE_ATTR",
@@ -113,6 +114,9 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.SQLAlchemyError,
     OSError,
 )
+#: What opening a storage URL can raise besides: a malformed URL (ValueError), a database
+#: driver that is not installed (ImportError).
+OPEN_ERRORS: tuple[type[BaseException], ...] = (*STORAGE_ERRORS, ImportError, ValueError)
 _MAX_MESSAGE = 4000
 
 

@@ -10,7 +10,7 @@ writes a termination message. What it does is chosen by the ``MODE`` env var of 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from harness import Cluster, OperatorProcess, run_kopf
 from support import manifests
 from support.hold import WAIT_SECONDS
+from support.trials import launched
 
 TRAINER = r"""
 import json, math, os, sys, time
@@ -165,20 +166,6 @@ def events(cluster: Cluster, name: str, namespace: str = "default") -> list[dict
 
 def jobs(cluster: Cluster, name: str, namespace: str = "default") -> list[dict[str, Any]]:
     return cluster.api.list("jobs", namespace, label_selector=f"kubetune.io/study={name}")
-
-
-def launched(trials: Iterable[Any]) -> list[Any]:
-    """The trials that were launched. A trial asked ahead (``budget.askAhead``) is RUNNING
-    and parked until a slot frees, or WAITING once released when its study stopped; without
-    a Job ever created, it never ran."""
-    return [t for t in trials if not _never_launched(t)]
-
-
-def _never_launched(t: Any) -> bool:
-    if "kubetune:job_created" in t.user_attrs:
-        return False
-    parked = t.state.name == "RUNNING" and t.user_attrs.get("kubetune:parked") is True
-    return parked or t.state.name == "WAITING"
 
 
 def optuna_trials(database_url: str, study_status: dict[str, Any]) -> list[Any]:

@@ -30,6 +30,7 @@ from rich.console import Console
 from kubetune.local import INTERRUPTED, LocalRunError, run_local
 from support.hold import SUPPORT_PARENT, Holds, finish, start_python
 from support.manifests import study_manifest
+from support.trials import launched
 
 STUB = textwrap.dedent(
     """
@@ -403,11 +404,6 @@ def test_template_without_command_is_refused_before_any_trial(
         run_local(path, storage=storage, console=quiet())
     assert not list(Path(tempfile.gettempdir()).glob("kubetune-nocmd-*"))  # no log folder left
     assert optuna.get_all_study_names(storage=storage) == []  # nothing stored either
-
-
-def launched(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The trials whose process was started (not those asked ahead and never run)."""
-    return [t for t in trials if "kubetune:job_created" in t.user_attrs]
 
 
 def test_ctrl_c_fails_running_trials_and_a_second_run_resumes(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from operator_fixtures import (
     condition,
     events,
     jobs,
-    launched,
     operator_process,
     optuna_trials,
     run_operator_thread,
@@ -30,6 +29,7 @@ from operator_fixtures import (
 from harness import Cluster, PostgresServer
 from harness.postgres import free_port
 from support.hold import WAIT_SECONDS
+from support.trials import launched
 
 NS = "default"
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from kubetune.jobs import LABEL_ATTEMPT, LABEL_TRIAL
 from reliability.fake_trainer import value_of
 from reliability.world import World
+from support.trials import launched
 
 #: Fail reasons a crash may legitimately leave (documented in kubetune.ledger / reconcile).
 CRASH_REASONS = {"AskInterrupted"}
@@ -31,11 +32,10 @@ def assert_exact_accounting(
     """The invariants every fault test ends with; returns the ledger's trials."""
     status = world.status(name)
     every = world.trials(name)
-    # A trial asked ahead and released when the study stopped is WAITING, never launched: it
-    # must have no Job (checked below, as Jobs of trials not in ``trials``).
-    trials = [
-        t for t in every if t.state != TrialState.WAITING or "kubetune:job_created" in t.user_attrs
-    ]
+    trials = launched(every)
+    # A trial asked ahead and never launched must have been released (WAITING, no Job: the
+    # Jobs below must all belong to launched trials), never left parked.
+    assert all(t.state == TrialState.WAITING for t in every if t not in trials), every
     states = collections.Counter(t.state for t in trials)
     # Exact counts: every launched trial is in the ledger once, none is left behind.
     assert len(trials) == max_trials, f"{len(trials)} trials in the ledger, wanted {max_trials}"

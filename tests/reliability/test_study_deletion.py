@@ -10,6 +10,7 @@ import optuna
 
 from kubetune.ledger import optuna_study_name
 from reliability.world import NS, PLURAL, World, study_manifest
+from support.trials import launched
 
 
 def test_deleting_a_busy_study_fails_its_trials_and_removes_its_jobs(
@@ -30,7 +31,7 @@ def test_deleting_a_busy_study_fails_its_trials_and_removes_its_jobs(
     )
     assert world.cluster.kubelet.running_processes() == 5
     uid = world.study(name)["metadata"]["uid"]
-    ran_before = [t for t in world.trials(name) if "kubetune:job_created" in t.user_attrs]
+    ran_before = launched(world.trials(name))
     assert len(ran_before) == 5
     world.api.delete(PLURAL, name, NS)
     world.wait(lambda: world.api.find(PLURAL, name, NS) is None, "the study was not deleted")
@@ -41,7 +42,7 @@ def test_deleting_a_busy_study_fails_its_trials_and_removes_its_jobs(
         study_name=optuna_study_name(NS, name, uid), storage=world.storage_url
     )
     trials = study.get_trials(deepcopy=False)
-    ran = [t for t in trials if "kubetune:job_created" in t.user_attrs]
+    ran = launched(trials)
     assert sorted(t.number for t in ran) == sorted(t.number for t in ran_before)
     assert {t.state.name for t in ran} == {"FAIL"}
     assert {t.user_attrs.get("kubetune:fail_reason") for t in ran} == {"StudyDeleted"}

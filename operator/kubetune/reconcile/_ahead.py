@@ -99,14 +99,13 @@ def plan_launches(
 ) -> LaunchPlan:
     """Fill ``free`` slots, parked trials first, within ``room`` (trials the budget still
     allows beyond those launched); keep ``ahead`` parked. While ``blocked`` nothing launches
-    and every parked trial is released."""
+    and every parked trial is released. The counts are never negative (``free_slots``,
+    ``launch_room`` and :func:`ask_ahead` say so), and so is every count planned."""
     if blocked:
         return LaunchPlan(release=tuple(parked))
-    room = max(room, 0)
-    keep = list(parked[: min(len(parked), room, max(ahead, 0) + max(free, 0))])
-    release = tuple(parked[len(keep) :])
-    take = tuple(keep[: max(free, 0)])
-    new = min(max(free, 0) - len(take), room - len(keep))
+    keep = parked[: min(room, ahead + free)]
+    take = tuple(keep[:free])
+    new = min(free - len(take), room - len(keep))
     waiting = len(keep) - len(take)
-    park = min(max(ahead - waiting, 0), room - len(keep) - new)
-    return LaunchPlan(parked=take, new=max(new, 0), park=max(park, 0), release=release)
+    park = min(ahead - waiting, room - len(keep) - new)
+    return LaunchPlan(parked=take, new=new, park=park, release=tuple(parked[len(keep) :]))

@@ -400,9 +400,9 @@ def test_storage_outage_sets_a_condition_and_the_study_recovers(  # noqa: PLR091
     with run_operator_thread() as runner:
         cluster.api.create("tuningstudies", manifest, NS)
         _wait_pods(cluster, ["outage-0", "outage-1"])
-        # The third trial is asked ahead after the launches; an outage in the middle of that
-        # ask would fail it (AskInterrupted, docs/architecture.md). Here the outage comes
-        # while only trainers run: once the parked trial is fully asked.
+        # The third trial is asked ahead after the launches. The outage here comes while only
+        # trainers run, once that ask is done (one cut short is released and asked again:
+        # tests/unit/test_ledger.py; its first statement is not covered, docs/architecture.md).
         cluster.api.wait_for(lambda: _asked(operator_env_vars, cluster, "outage") == 3)
         postgres_server.stop()
         try:

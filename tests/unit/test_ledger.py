@@ -431,3 +431,22 @@ def test_usage_shards_on_a_storage_without_sql() -> None:
     assert study.user_attrs[usage_shard(1001)] == {"1001": [1, 3.0]}
     assert ledger.snapshot(study) == snapshot(study)
     assert sorted(ledger.snapshot(study).usage) == [1, 2, 1001]
+
+
+def test_a_parked_ask_cut_short_is_finished_by_the_next_ask(fresh_database: str) -> None:
+    """A trial asked ahead is marked parked before its parameters: cut short there, it reads
+    as parked and not asked; released, the next ask pops it and suggests what is missing."""
+    spec = make_spec()
+    ledger = Ledger(make_storage(fresh_database), refresh_seconds=math.inf)
+    study = ledger.open(spec, namespace="ml", name="cut", uid="u")
+    ledger.snapshot(study)
+    trial = study.ask()  # the ask's first step, then the operator dies
+    study._storage.set_trial_user_attr(trial._trial_id, "kubetune:parked", True)
+    cut = snapshot(study).trials[0]
+    assert (cut.state, cut.parked, cut.asked, dict(cut.params)) == ("RUNNING", True, False, {})
+    ledger.release(study, cut.number)
+    number, params = ledger.ask(study, spec)
+    assert number == cut.number and "lr" in params and "opt" in params
+    done = ledger.snapshot(study).trials[0]
+    assert (done.state, done.parked, done.asked) == ("RUNNING", False, True)
+    assert ledger.snapshot(study) == snapshot(study)

@@ -190,3 +190,20 @@ def test_a_parked_trial_whose_job_exists_is_judged_as_running() -> None:
     d = world.decide()
     assert of_type(d, LaunchParked) == [] and d.occupied == 3
     assert name in world.jobs
+
+
+def test_a_parked_trial_whose_ask_was_cut_short_is_released_not_failed_nor_launched() -> None:
+    """The operator stopped (or lost the storage) while asking a trial ahead: it is marked
+    parked but its parameters are not all stored. It goes back to WAITING for the next ask
+    to finish; it is neither launched with half its parameters nor failed."""
+    world = ahead_world()
+    world.step()
+    world.trials[2] = dataclasses.replace(world.trials[2], params={}, asked=False)
+    complete(world, 0)
+    d = world.step()
+    assert ReleaseParked(2) in d.actions
+    assert of_type(d, LaunchParked) == []
+    assert all(a.trial != 2 for a in of_type(d, Tell))
+    # Released first, the trial is what the slot's ask pops (Optuna asks WAITING first).
+    assert of_type(d, LaunchTrials) == [LaunchTrials(1)]
+    assert job_name("demo", 2, 0) in world.running_jobs()

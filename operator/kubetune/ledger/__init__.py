@@ -288,14 +288,24 @@ class Ledger:
         suggest its parameters; ``park``: asked ahead, no Job until a slot frees.
 
         ``kubetune:attempt`` is written last: a RUNNING trial without it was interrupted
-        mid-ask and is failed by the reconcile.
+        mid-ask. A trial asked ahead is marked parked first, so one cut short (a crash, the
+        storage lost) is released for the next ask to finish, not failed; one whose sampler
+        could not sample is unmarked, and failed like any (``AskInterrupted``), not retried.
         """
         trial = self._new_trial(study)
-        self._ids[(study._study_id, trial.number)] = trial._trial_id
-        params = suggest_params(trial, spec)
+        tid = trial._trial_id
+        self._ids[(study._study_id, trial.number)] = tid
         if park:
-            study._storage.set_trial_user_attr(trial._trial_id, PARKED_ATTR, True)
-        study._storage.set_trial_user_attr(trial._trial_id, ATTEMPT_ATTR, 0)
+            study._storage.set_trial_user_attr(tid, PARKED_ATTR, True)
+        try:
+            params = suggest_params(trial, spec)
+        except STORAGE_ERRORS:
+            raise
+        except Exception:
+            if park:
+                study._storage.set_trial_user_attr(tid, PARKED_ATTR, False)
+            raise
+        study._storage.set_trial_user_attr(tid, ATTEMPT_ATTR, 0)
         self._touch(study, trial.number)
         return trial.number, params
 

@@ -119,7 +119,7 @@ def decide(
     ledger, parked = _without_parked(ledger, observed)
     j = _judge_trials(spec, observed, ledger, rules, now, start=start, gone=gone, grid=grid_trials)
     plan, running, verdict, conditions = _plan_study(
-        spec, j, ledger, grid_trials, [t.number for t in parked]
+        spec, j, ledger, grid_trials, [t.number for t in parked if t.asked]
     )
     status = build_status(
         previous=prev,
@@ -237,9 +237,11 @@ def _plan_study(
 
 
 def _launch_actions(plan: LaunchPlan, parked: Sequence[TrialRecord]) -> tuple[Action, ...]:
-    """The plan as actions; a parked trial launches with its stored parameters."""
+    """The plan as actions; a parked trial launches with its stored parameters. One whose ask
+    was cut short (``asked`` False) goes back to WAITING: Optuna's next ask finishes it."""
     params = {t.number: t.params for t in parked}
-    out: list[Action] = [ReleaseParked(n) for n in plan.release]
+    cut = [t.number for t in parked if not t.asked]
+    out: list[Action] = [ReleaseParked(n) for n in (*cut, *plan.release)]
     out += [LaunchParked(n, dict(params[n])) for n in plan.parked]
     if plan.new:
         out.append(LaunchTrials(plan.new))
